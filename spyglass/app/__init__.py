@@ -1,0 +1,1 @@
+"""What a person touches: the Streamlit app and the ``spyglass`` command line."""

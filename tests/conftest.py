@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random-weight models and, for tests marked ``embedded``, the real one.
+
+Nothing here reaches the network: HF_HUB_OFFLINE is set for the whole session, and tests
+that need the hub's error path point it at a closed loopback port.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from spyglass.model import gpt2_bpe, load_model, wrap
+from spyglass.model.tiny import build_hf
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    return gpt2_bpe.hf_tokenizer()
+
+
+def tiny_pair(arch: str, seed: int = 0):
+    """A tiny Model and an untouched Hugging Face copy of the same weights for parity checks."""
+    hf = build_hf(arch, seed=seed)
+    reference = copy.deepcopy(hf)
+    model = wrap(hf, gpt2_bpe.hf_tokenizer(), f"random:{arch}",
+                 {"kind": "random", "architecture": arch, "seed": seed})
+    return model, reference
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    return tiny_pair("gpt2")[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return tiny_pair("llama")[0]
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def tiny_model_and_ref(request):
+    return tiny_pair(request.param)
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    return load_model()

@@ -89,7 +89,9 @@ def forward(model: Model, ids: Any, names: list[str], attention_mask: Any = None
         # Dropout must be off whatever mode the caller left the model in. Flipping only the
         # modules that are in training mode is much cheaper than bridge.eval(), which costs
         # about 30 ms on a 30-layer model, and lets us restore exactly what we changed.
-        training = [mod for mod in bridge.modules() if mod.training]
+        # The wrapped Hugging Face model is held outside the bridge's module tree.
+        roots = [bridge, getattr(bridge, "original_model", bridge)]
+        training = list({id(m): m for r in roots for m in r.modules() if m.training}.values())
         try:
             for mod in training:
                 mod.training = False

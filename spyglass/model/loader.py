@@ -300,6 +300,7 @@ def load_model(source: ModelSource | str | None = None) -> Model:
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     if source is None:
         source = ModelSource()
@@ -312,6 +313,8 @@ def load_model(source: ModelSource | str | None = None) -> Model:
     folder, origin = resolve_folder(source)
     name = embedded.EMBEDDED_NAME if source.kind == "embedded" else source.name
 
+    # Library code stays quiet; transformers' own progress bars would otherwise reach stderr.
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         hf_model = AutoModelForCausalLM.from_pretrained(

@@ -1,0 +1,126 @@
+"""Capture cost on the embedded model, measured side by side in one run.
+
+For 128 and 512 tokens it times, in interleaved rounds so machine noise hits all of them
+alike: a plain Hugging Face forward (eager attention, no hooks), TransformerLens's
+``run_with_cache`` with no filter, and Spyglass's full capture. It prints each one's median
+time as a ratio to the plain forward, the peak memory each adds over the idle process, and
+the capture's memory estimate against the bytes its arrays really take.
+
+Run: ``.venv/bin/python bench/capture.py [--rounds 7]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import threading
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import psutil
+import torch
+
+from spyglass.hooks import capture, estimate_bytes
+from spyglass.model import embedded, load_model
+
+SEED_TEXT = (
+    "The river ran past the old mill, where the miller's daughter counted sacks of grain "
+    "and watched the boats drift toward the sea. "
+)
+
+
+class PeakRss:
+    """Samples the process's resident memory every 2 ms while active."""
+
+    def __init__(self) -> None:
+        self.proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def added(self) -> int:
+        return self.peak - self.base
+
+
+def text_of(model, n_tokens: int):
+    text = SEED_TEXT
+    while len(model.tokenize(text)) < n_tokens:
+        text += SEED_TEXT
+    tokens = model.tokenize(text)
+    # Cut on a token boundary so every method sees exactly n_tokens positions.
+    end = tokens.spans[n_tokens - 1][1]
+    return model.tokenize(text[:end])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM
+
+    torch.set_grad_enabled(False)
+    model = load_model()
+    plain = AutoModelForCausalLM.from_pretrained(
+        str(embedded.prepared_dir()), attn_implementation="eager"
+    ).eval()
+    print(f"torch threads: {torch.get_num_threads()}, rounds: {args.rounds}")
+
+    for n in args.sizes:
+        tokens = text_of(model, n)
+        assert len(tokens) == n, len(tokens)
+        ids = torch.tensor([tokens.ids])
+        methods = {
+            "plain HF forward": lambda ids=ids: plain(ids).logits,
+            "TL run_with_cache": lambda ids=ids: model.bridge.run_with_cache(ids),
+            "spyglass capture": lambda tokens=tokens: capture(model, tokens),
+        }
+        times: dict[str, list[float]] = {k: [] for k in methods}
+        peaks: dict[str, int] = {k: 0 for k in methods}
+        for fn in methods.values():  # warm-up
+            fn()
+        for _ in range(args.rounds):
+            for name, fn in methods.items():
+                gc.collect()
+                with PeakRss() as rss:
+                    started = time.perf_counter()
+                    result = fn()
+                    times[name].append(time.perf_counter() - started)
+                del result
+                peaks[name] = max(peaks[name], rss.added)
+        base = statistics.median(times["plain HF forward"])
+        print(f"\n{n} tokens")
+        print(f"  {'method':<20} {'median s':>9} {'ratio':>7} {'peak +MiB':>10}")
+        for name in methods:
+            med = statistics.median(times[name])
+            print(f"  {name:<20} {med:9.3f} {med / base:7.2f} {peaks[name] / 2**20:10.0f}")
+        trace = capture(model, tokens)
+        est = estimate_bytes(model, None, n)
+        print(f"  estimate {est / 2**20:.1f} MiB vs arrays {trace.nbytes / 2**20:.1f} MiB "
+              f"(ratio {est / trace.nbytes:.3f})")
+        del trace
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,9 @@ alike: a plain Hugging Face forward (eager attention, no hooks), TransformerLens
 time as a ratio to the plain forward, the peak memory each adds over the idle process, and
 the capture's memory estimate against the bytes its arrays really take.
 
+Memory is measured in a fresh process per method and size: inside one process, memory a
+method freed stays mapped and would hide the next method's peak.
+
 Run: ``.venv/bin/python bench/capture.py [--rounds 7]``
 """
 
@@ -13,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -72,12 +78,7 @@ def text_of(model, n_tokens: int):
     return model.tokenize(text[:end])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
-    args = parser.parse_args()
-
+def build(n_tokens: int):
     from transformers import AutoModelForCausalLM
 
     torch.set_grad_enabled(False)
@@ -85,41 +86,73 @@ def main() -> None:
     plain = AutoModelForCausalLM.from_pretrained(
         str(embedded.prepared_dir()), attn_implementation="eager"
     ).eval()
-    print(f"torch threads: {torch.get_num_threads()}, rounds: {args.rounds}")
+    tokens = text_of(model, n_tokens)
+    if len(tokens) != n_tokens:
+        raise RuntimeError(f"wanted {n_tokens} tokens, got {len(tokens)}")
+    ids = torch.tensor([tokens.ids])
+    methods = {
+        "plain HF forward": lambda: plain(ids).logits,
+        "TL run_with_cache": lambda: model.bridge.run_with_cache(ids),
+        "spyglass capture": lambda: capture(model, tokens),
+    }
+    return model, tokens, methods
 
+
+def memory_probe(method: str, n_tokens: int) -> None:
+    """In a fresh process: the memory one call of ``method`` adds, printed as JSON."""
+    _, _, methods = build(n_tokens)
+    gc.collect()
+    with PeakRss() as rss:
+        result = methods[method]()
+    del result
+    print(json.dumps({"added": rss.added}))
+
+
+def peak_in_fresh_process(method: str, n_tokens: int) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", method, "--sizes", str(n_tokens)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return int(json.loads(out.strip().splitlines()[-1])["added"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(args.memory_probe, args.sizes[0])
+        return
+
+    print(f"torch threads: {torch.get_num_threads()}, rounds: {args.rounds}")
     for n in args.sizes:
-        tokens = text_of(model, n)
-        assert len(tokens) == n, len(tokens)
-        ids = torch.tensor([tokens.ids])
-        methods = {
-            "plain HF forward": lambda ids=ids: plain(ids).logits,
-            "TL run_with_cache": lambda ids=ids: model.bridge.run_with_cache(ids),
-            "spyglass capture": lambda tokens=tokens: capture(model, tokens),
-        }
+        model, tokens, methods = build(n)
         times: dict[str, list[float]] = {k: [] for k in methods}
-        peaks: dict[str, int] = {k: 0 for k in methods}
         for fn in methods.values():  # warm-up
             fn()
         for _ in range(args.rounds):
             for name, fn in methods.items():
                 gc.collect()
-                with PeakRss() as rss:
-                    started = time.perf_counter()
-                    result = fn()
-                    times[name].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                result = fn()
+                times[name].append(time.perf_counter() - started)
                 del result
-                peaks[name] = max(peaks[name], rss.added)
         base = statistics.median(times["plain HF forward"])
         print(f"\n{n} tokens")
-        print(f"  {'method':<20} {'median s':>9} {'ratio':>7} {'peak +MiB':>10}")
+        print(f"  {'method':<20} {'median s':>9} {'min s':>7} {'ratio':>6} {'peak +MiB':>10}")
         for name in methods:
             med = statistics.median(times[name])
-            print(f"  {name:<20} {med:9.3f} {med / base:7.2f} {peaks[name] / 2**20:10.0f}")
+            peak = peak_in_fresh_process(name, n)
+            print(f"  {name:<20} {med:9.3f} {min(times[name]):7.3f} {med / base:6.2f} "
+                  f"{peak / 2**20:10.0f}")
         trace = capture(model, tokens)
         est = estimate_bytes(model, None, n)
         print(f"  estimate {est / 2**20:.1f} MiB vs arrays {trace.nbytes / 2**20:.1f} MiB "
               f"(ratio {est / trace.nbytes:.3f})")
-        del trace
+        del trace, model, methods
+        gc.collect()
 
 
 if __name__ == "__main__":

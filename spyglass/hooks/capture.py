@@ -71,11 +71,12 @@ def attached(model: Model, names: list[str], keep: Callable[[str, Any], None]) -
             point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
 
 
-def forward(model: Model, ids: Any, names: list[str], attention_mask: Any = None
-            ) -> tuple[Any, dict[str, Any]]:
+def forward(model: Model, ids: Any, names: list[str], attention_mask: Any = None,
+            **bridge_kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """One eval-mode, gradient-free forward with keeping hooks; returns (logits, kept).
 
     Kept tensors still have their batch dimension. The model's training flag is restored.
+    ``bridge_kwargs`` (e.g. ``position_ids``, ``stop_at_layer``) go to the bridge as given.
     """
     import torch
 
@@ -97,9 +98,9 @@ def forward(model: Model, ids: Any, names: list[str], attention_mask: Any = None
                 mod.training = False
             with attached(model, names, keep), torch.inference_mode():
                 if attention_mask is None:
-                    logits = bridge(ids)
+                    logits = bridge(ids, **bridge_kwargs)
                 else:
-                    logits = bridge(ids, attention_mask=attention_mask)
+                    logits = bridge(ids, attention_mask=attention_mask, **bridge_kwargs)
         finally:
             for mod in training:
                 mod.training = True

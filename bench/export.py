@@ -5,7 +5,7 @@ paragraphs as documents, packed into rows), with ``blocks.L.hook_resid_post`` at
 layer written to disk as float32, it times:
 
 1. a plain forward (no hooks, logits computed, as anyone would run the model) over exactly
-   the batches the export runs; every 4th batch is also run stopped before the final norm
+   the batches the export runs; every 2nd batch is also run stopped before the final norm
    and unembedding, interleaved, since the export stops there too;
 2. the export with the local engine (compute in the main thread, a writer thread hashing,
    writing and fsyncing shards);
@@ -53,7 +53,7 @@ def sotu_corpus(model, min_tokens: int, folder: Path) -> tuple[Path, int]:
         text = f.read_text(encoding="utf-8").strip()
         chosen.append(text)
         tokens += len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if tokens >= min_tokens:
+        if tokens >= min_tokens * 1.03:  # paragraphs cut a little differently than speeches
             break
     path = folder / "sotu.txt"
     path.write_text("\n\n".join(chosen) + "\n", encoding="utf-8")
@@ -66,7 +66,7 @@ def _stop(name, act):
     raise StopAtLayerException(act)
 
 
-def plain_pass(model, job, batch_size: int, every: int = 4) -> tuple[float, float, int]:
+def plain_pass(model, job, batch_size: int, every: int = 2) -> tuple[float, float, int]:
     """(full tok/s over all batches, stopped tok/s over sampled batches, sampled tokens)."""
     full_time = stopped_time = 0.0
     full_tokens = stopped_tokens = 0
@@ -135,6 +135,8 @@ def main() -> None:
     spec = CorpusSpec(corpus, split="blank")
     local = prepare_export(model, spec, scratch / "local", config)
     plan = local.estimate()
+    if plan.tokens < args.tokens:
+        raise SystemExit(f"The corpus has {plan.tokens:,} tokens, fewer than {args.tokens:,}.")
     print(f"corpus: {speeches} State of the Union addresses, {plan.documents:,} paragraphs, "
           f"{plan.tokens:,} tokens; context {args.context}, batch {args.batch_size} rows, "
           f"{len(local.spec.names)} hooks (resid_post at every layer), float32, "

@@ -6,38 +6,21 @@ import base64
 import json
 import re
 import sys
-from pathlib import Path
 
+import apptest_util
 import numpy as np
 import pytest
+from apptest_util import TIMEOUT, chart, page
 from streamlit.testing.v1 import AppTest
 
-import spyglass.app
 from spyglass.app import state
 from spyglass.hooks import Trace
 
-APP = Path(spyglass.app.__file__).resolve().parent
 TEXT = "the cat saw the dog and the"
-TIMEOUT = 120
 
 
-def page(name: str) -> str:
-    return str(APP / "Home.py") if name == "Home" else str(APP / "pages" / name)
-
-
-def open_page(name: str, **params: str) -> AppTest:
-    at = AppTest.from_file(page(name), default_timeout=TIMEOUT)
-    at.query_params.update({"model": "random:llama", "text": TEXT, **params})
-    at.run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def chart(at: AppTest, key: str) -> dict:
-    found = [c for c in at.get("plotly_chart") if c.proto.id.endswith(f"-{key}")]
-    assert len(found) == 1, f"no single chart with key {key!r}"
-    return json.loads(found[0].proto.spec)
+def open_page(name: str, text: str = TEXT, **params: str) -> AppTest:
+    return apptest_util.open_page(name, text, **params)
 
 
 def plain(markdown: str) -> str:

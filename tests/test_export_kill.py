@@ -1,4 +1,4 @@
-"""A real export process stopped by Ctrl-C (SIGINT) and by SIGKILL, then resumed.
+"""A real export process stopped by Ctrl-C (SIGINT), kill (SIGTERM) and SIGKILL, then resumed.
 
 After each stop the manifest must parse, list only complete shards (their SHA-256 match the
 files) as a prefix of the plan; the resumed export must hold every document exactly once,
@@ -94,22 +94,31 @@ def test_interrupted_and_killed_export_resumes_without_loss(tmp_path, corpus):
     after_int = check_listed_are_complete(out)
     assert [p for p in out.rglob("*") if p.name.endswith(".tmp")] == []
 
-    # 2. SIGKILL: no chance to clean up; whatever is listed must still be complete.
+    # 2. kill (SIGTERM): stops the same clean way.
     proc = start(corpus, out)
     wait_for_shards(proc, out, len(after_int) + 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
+    after_term = check_listed_are_complete(out)
+    assert len(after_term) >= len(after_int) + 3
+
+    # 3. SIGKILL: no chance to clean up; whatever is listed must still be complete.
+    proc = start(corpus, out)
+    wait_for_shards(proc, out, len(after_term) + 3)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     after_kill = check_listed_are_complete(out)
-    assert len(after_kill) >= len(after_int) + 3
+    assert len(after_kill) >= len(after_term) + 3
 
-    # 3. The same command again finishes the export.
+    # 4. The same command again finishes the export.
     proc = start(corpus, out)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["complete"] and len(manifest["runs"]) == 3
-    assert manifest["runs"][2]["pending_shards"] == manifest["planned"]["shards"] - len(
+    assert manifest["complete"] and len(manifest["runs"]) == 4
+    assert manifest["runs"][3]["pending_shards"] == manifest["planned"]["shards"] - len(
         after_kill)
     assert [p for p in out.rglob("*") if p.name.endswith(".tmp")] == []
     assert sorted(p.name for p in out.glob("shard-*")) == [s["file"] for s in manifest["shards"]]

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+import apptest_util
+from apptest_util import chart, page
 from streamlit.testing.v1 import AppTest
 
-import spyglass.app
-
-PAGE = str(Path(spyglass.app.__file__).resolve().parent / "pages" / "7_Concepts.py")
 TEXT = "I watched SpongeBob underwater"
 
 
 def open_page(**params: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
-    at.query_params.update({"model": "random:llama", "text": TEXT, **params})
-    at.run()
-    assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def chart(at: AppTest, key: str) -> dict:
-    found = [c for c in at.get("plotly_chart") if c.proto.id.endswith(f"-{key}")]
-    assert len(found) == 1, f"no single chart with key {key!r}"
-    return json.loads(found[0].proto.spec)
+    return apptest_util.open_page("7_Concepts.py", TEXT, **params)
 
 
 def test_concepts_page_from_a_shared_url():
@@ -58,7 +43,7 @@ def test_concepts_page_from_a_shared_url():
 
 
 def test_concepts_page_reports_a_concept_missing_from_the_text():
-    at = AppTest.from_file(PAGE, default_timeout=120)
+    at = AppTest.from_file(page("7_Concepts.py"), default_timeout=120)
     at.query_params.update({"model": "random:llama", "text": TEXT, "concept": "Patrick",
                             "read_in": "your text", "controls": "20"})
     at.run()

@@ -229,6 +229,8 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class ShardPlan:
+    """Which whole documents, in corpus order, make shard ``index``."""
+
     index: int
     docs: tuple[DocTokens, ...]
 

@@ -196,9 +196,6 @@ def neuron_file(index: int) -> str:
     return f"neurons/shard-{index:05d}.parquet"
 
 
-# --- computing a shard ------------------------------------------------------------------
-
-
 # --- writing files ----------------------------------------------------------------------
 
 
@@ -880,6 +877,24 @@ class Export:
     Every shard's SHA-256 is checked against the manifest the first time it is opened
     (``verify=False`` skips this). bfloat16 exports are returned as float32 copies, since
     numpy has no bfloat16. ``expect`` is checked like :meth:`check`.
+
+    For a PyTorch ``DataLoader`` over single tokens, index shards through their maps
+    (docs/EXPORT.md has a fuller version)::
+
+        export = Export(folder)
+        shards = export.manifest["shards"]
+        starts = np.cumsum([0] + [s["tokens"] for s in shards])
+
+        class TokenActivations(torch.utils.data.Dataset):
+            def __len__(self):
+                return int(starts[-1])
+
+            def __getitem__(self, i):
+                k = bisect.bisect_right(starts, i) - 1
+                row = export.shard_arrays(shards[k]["index"])[hook][i - starts[k]]
+                return torch.tensor(np.asarray(row, dtype=np.float32))
+
+        loader = torch.utils.data.DataLoader(TokenActivations(), batch_size=256, shuffle=True)
     """
 
     def __init__(self, folder: str | os.PathLike[str], *, verify: bool = True,

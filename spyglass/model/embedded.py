@@ -9,7 +9,6 @@ name and renamed into place when complete, so an interrupted preparation is simp
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -18,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from spyglass.model.paths import spyglass_home
+from spyglass.model.paths import file_sha256, spyglass_home
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +51,6 @@ def prepared_dir() -> Path:
 
 def is_prepared() -> bool:
     return (prepared_dir() / MARKER).is_file()
-
-
-def _file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def prepare(force: bool = False) -> Path:
@@ -101,8 +92,8 @@ def prepare(force: bool = False) -> Path:
             "package": PACKAGE,
             "package_version": PACKAGE_VERSION,
             "gguf_file": source.name,
-            "gguf_sha256": _file_sha256(source),
-            "weights_sha256": {w.name: _file_sha256(w) for w in weights},
+            "gguf_sha256": file_sha256(source),
+            "weights_sha256": {w.name: file_sha256(w) for w in weights},
             "license": LICENSE,
             "prepared_seconds": round(time.perf_counter() - started, 1),
         }

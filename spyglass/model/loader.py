@@ -13,7 +13,6 @@ unpickling a file runs whatever code it carries.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -25,6 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from spyglass.model import embedded
+from spyglass.model.paths import file_sha256
 from spyglass.model.tokens import Tokens, tokenize
 
 log = logging.getLogger(__name__)
@@ -160,17 +160,6 @@ class Model:
         )
 
 
-def _sha256_files(paths: list[Path]) -> dict[str, str]:
-    out = {}
-    for path in paths:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-        out[path.name] = digest.hexdigest()
-    return out
-
-
 def _hub_reachable(timeout: float = 3.0) -> str | None:
     """None when the hub answers a TCP connection, else the reason it does not."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -223,7 +212,9 @@ def resolve_folder(source: ModelSource) -> tuple[Path, dict[str, Any]]:
                 "safe_serialization=True)."
             )
         return folder, {
-            "kind": "folder", "path": str(folder), "weights_sha256": _sha256_files(weights),
+            "kind": "folder",
+            "path": str(folder),
+            "weights_sha256": {w.name: file_sha256(w) for w in weights},
         }
 
     from huggingface_hub import snapshot_download

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def command(port: int, address: str) -> list[str]:
-    """The streamlit command line; XSRF protection stays on, usage stats off."""
+    """The streamlit command line: loopback by default, XSRF protection on, usage stats off."""
     return [
         sys.executable, "-m", "streamlit", "run", str(HOME_PAGE),
         "--server.address", address,
@@ -31,6 +31,8 @@ def command(port: int, address: str) -> list[str]:
         "--server.headless", "true",
         "--server.enableXsrfProtection", "true",
         "--browser.gatherUsageStats", "false",
+        # A research tool run locally has nothing to deploy; keep the toolbar to its menu.
+        "--client.toolbarMode", "minimal",
     ]
 
 

@@ -8,15 +8,19 @@ layer written to disk as float32, it times:
    the batches the export runs; every 2nd batch is also run stopped before the final norm
    and unembedding, interleaved, since the export stops there too;
 2. the export with the local engine (compute in the main thread, a writer thread hashing,
-   writing and fsyncing shards);
+   writing and fsyncing shards), with the time compute spent waiting for the writer;
 3. the export with the Ray engine on a local instance of 2 workers, one CPU thread each
    (Ray started before the clock; creating the workers and loading their models counts).
+The plain forward and the local engine use ``--threads`` torch threads (default 1, as each
+Ray worker), so the writer thread and the second worker each have a core to use.
 
-It prints tokens per second of each and their ratios, checks that the two exports hold the
-same documents and arrays, and deletes them unless ``--keep``.
+The machine is shared and its speed drifts, so the corpus is cut into parts (whole
+speeches) and the three are run part by part, in turn: drift then hits all of them alike.
+It prints tokens per second per part and in total with their ratios, checks that the two
+engines wrote the same documents and arrays, and deletes the exports.
 
-Run: ``.venv/bin/python bench/export.py [--tokens 200000] [--context 512] [--batch-size 8]``
-(about 20 minutes per pass on 2 cores).
+Run: ``.venv/bin/python bench/export.py [--tokens 200000] [--parts 3] [--context 512]``
+(about an hour on 2 cores).
 """
 
 from __future__ import annotations
@@ -44,20 +48,24 @@ from spyglass.hooks.store import Export, ExportConfig, prepare_export
 from spyglass.model import load_model
 
 
-def sotu_corpus(model, min_tokens: int, folder: Path) -> tuple[Path, int]:
-    """Whole speeches, oldest first, until they reach ``min_tokens``; paragraphs split."""
+def sotu_parts(model, min_tokens: int, parts: int, folder: Path) -> list[Path]:
+    """Whole speeches, oldest first, until ``min_tokens``; cut into ``parts`` corpus files."""
     dist = importlib.metadata.distribution("sotu")
     files = sorted(f for f in dist.files if str(f).startswith("sotu/data/speeches/"))
-    chosen, tokens = [], 0
+    speeches, counts = [], []
     for f in files:
         text = f.read_text(encoding="utf-8").strip()
-        chosen.append(text)
-        tokens += len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if tokens >= min_tokens * 1.03:  # paragraphs cut a little differently than speeches
+        speeches.append(text)
+        counts.append(len(model.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        if sum(counts) >= min_tokens * 1.03:  # paragraphs cut a little differently
             break
-    path = folder / "sotu.txt"
-    path.write_text("\n\n".join(chosen) + "\n", encoding="utf-8")
-    return path, len(chosen)
+    bounds = np.searchsorted(np.cumsum(counts), np.linspace(0, sum(counts), parts + 1)[1:-1])
+    paths = []
+    for i, group in enumerate(np.split(np.arange(len(speeches)), bounds)):
+        path = folder / f"sotu-part{i}.txt"
+        path.write_text("\n\n".join(speeches[j] for j in group) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
 
 
 def _stop(name, act):
@@ -93,17 +101,18 @@ def plain_pass(model, job, batch_size: int, every: int = 2) -> tuple[float, floa
     return full_tokens / full_time, stopped_tokens / stopped_time, stopped_tokens
 
 
-def timed_run(job, **kwargs) -> float:
+def timed_run(job, **kwargs) -> tuple[float, dict]:
+    """Seconds the export's run took, and the run's record from the manifest."""
     started = time.perf_counter()
     manifest = job.run(progress=True, **kwargs)
     elapsed = time.perf_counter() - started
     if not manifest["complete"]:
         raise RuntimeError("export did not complete")
-    return manifest["planned"]["tokens"] / elapsed
+    return elapsed, manifest["runs"][-1]
 
 
 def compare(a: Path, b: Path) -> float:
-    """Largest absolute difference between two exports over every document and hook."""
+    """Largest absolute difference between two exports over every token and hook."""
     ea, eb = Export(a), Export(b)
     if ea.documents != eb.documents:
         raise RuntimeError("the two engines exported different documents")
@@ -119,61 +128,83 @@ def compare(a: Path, b: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=200_000)
+    parser.add_argument("--parts", type=int, default=3)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shard-mb", type=float, default=256.0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the plain forward and the local engine "
+                        "(default 1, like each Ray worker: on a shared 2-core machine a second "
+                        "OpenMP thread is often descheduled and slows every barrier)")
     parser.add_argument("--out", default=None, help="scratch folder (default: a temp folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the exports")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     scratch = Path(args.out or tempfile.mkdtemp(prefix="spyglass-bench-export-"))
     scratch.mkdir(parents=True, exist_ok=True)
     model = load_model()
-    corpus, speeches = sotu_corpus(model, args.tokens, scratch)
     config = ExportConfig(hooks=("blocks.*.hook_resid_post",), context_length=args.context,
                           batch_size=args.batch_size, shard_mb=args.shard_mb)
-    spec = CorpusSpec(corpus, split="blank")
-    local = prepare_export(model, spec, scratch / "local", config)
-    plan = local.estimate()
-    if plan.tokens < args.tokens:
-        raise SystemExit(f"The corpus has {plan.tokens:,} tokens, fewer than {args.tokens:,}.")
-    print(f"corpus: {speeches} State of the Union addresses, {plan.documents:,} paragraphs, "
-          f"{plan.tokens:,} tokens; context {args.context}, batch {args.batch_size} rows, "
-          f"{len(local.spec.names)} hooks (resid_post at every layer), float32, "
-          f"{plan.shards} shards, {plan.total_bytes / 2**30:.1f} GiB per export; "
-          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
-
+    ray = ray_engine.import_ray(local=True)
+    ray_engine.start_local(ray, num_cpus=2)
+    totals = {k: 0.0 for k in ("tokens", "plain_s", "stopped_s", "stopped_tokens",
+                               "local_s", "compute_s", "wait_s", "ray_s", "bytes")}
+    worst = 0.0
     try:
-        plain, stopped, sampled = plain_pass(model, local, args.batch_size)
-        print(f"plain forward: {plain:,.0f} tok/s (all batches); without the unembedding "
-              f"{stopped:,.0f} tok/s ({sampled:,} tokens sampled)", flush=True)
-        exported = timed_run(local)
-        print(f"export, local engine: {exported:,.0f} tok/s", flush=True)
+        paths = sotu_parts(model, args.tokens, args.parts, scratch)
+        print(f"context {args.context}, batch {args.batch_size} rows, resid_post at all "
+              f"{model.n_layers} layers, float32, shards of {args.shard_mb:.0f} MiB; torch "
+              f"threads {torch.get_num_threads()} (Ray workers 1 each), {os.cpu_count()} CPUs",
+              flush=True)
+        for i, path in enumerate(paths):
+            spec = CorpusSpec(path, split="blank")
+            local = prepare_export(model, spec, scratch / f"local{i}", config)
+            n = local.estimate().tokens
+            plain, stopped, sampled = plain_pass(model, local, args.batch_size)
+            local_s, run = timed_run(local)
+            distributed = prepare_export(model, spec, scratch / f"ray{i}", config)
+            ray_s, _ = timed_run(distributed, engine="ray", workers=2)
+            worst = max(worst, compare(scratch / f"local{i}", scratch / f"ray{i}"))
+            written = sum(s["bytes"] for s in local.existing.data["shards"])
+            for folder in (f"local{i}", f"ray{i}"):
+                shutil.rmtree(scratch / folder)
 
-        ray = ray_engine.import_ray(local=True)
-        ray_engine.start_local(ray, num_cpus=2)
-        try:
-            distributed = prepare_export(model, spec, scratch / "ray", config)
-            on_ray = timed_run(distributed, engine="ray", workers=2)
-        finally:
-            ray.shutdown()
-        print(f"export, ray engine (2 workers): {on_ray:,.0f} tok/s", flush=True)
-        diff = compare(scratch / "local", scratch / "ray")
+            totals["tokens"] += n
+            totals["plain_s"] += n / plain
+            totals["stopped_s"] += sampled / stopped
+            totals["stopped_tokens"] += sampled
+            totals["local_s"] += local_s
+            totals["compute_s"] += run["compute_seconds"]
+            totals["wait_s"] += run["writer_wait_seconds"]
+            totals["ray_s"] += ray_s
+            totals["bytes"] += written
+            print(f"part {i}: {n:,} tokens, {written / 2**30:.1f} GiB | plain {plain:,.0f}, "
+                  f"stopped {stopped:,.0f}, local export {n / local_s:,.0f} (waited "
+                  f"{run['writer_wait_seconds']:.1f} s of {local_s:.0f} s for the writer), "
+                  f"ray {n / ray_s:,.0f} tok/s", flush=True)
     finally:
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
+        ray.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
 
+    t = totals
+    plain = t["tokens"] / t["plain_s"]
+    stopped = t["stopped_tokens"] / t["stopped_s"]
+    local = t["tokens"] / t["local_s"]
+    on_ray = t["tokens"] / t["ray_s"]
     print()
-    print(f"{'measure':<52}{'tok/s':>9}{'ratio':>8}")
-    print(f"{'plain forward, full (reference)':<52}{plain:>9,.0f}{1:>8.2f}")
-    print(f"{'plain forward, stopped before unembedding (sampled)':<52}{stopped:>9,.0f}"
+    print(f"{t['tokens']:,.0f} tokens of State of the Union text, "
+          f"{t['bytes'] / 2**30:.1f} GiB written per engine")
+    print(f"{'measure':<54}{'tok/s':>8}{'ratio':>8}")
+    print(f"{'plain forward, full (reference)':<54}{plain:>8,.0f}{1:>8.2f}")
+    print(f"{'plain forward, stopped before unembedding (sampled)':<54}{stopped:>8,.0f}"
           f"{stopped / plain:>8.2f}")
-    print(f"{'export, local engine, written to disk':<52}{exported:>9,.0f}"
-          f"{exported / plain:>8.2f}")
-    print(f"{'export, ray engine, 2 workers':<52}{on_ray:>9,.0f}{on_ray / plain:>8.2f}")
-    print(f"export / plain full: {exported / plain:.2f}x; export / plain stopped: "
-          f"{exported / stopped:.2f}x; ray / local: {on_ray / exported:.2f}x")
-    print(f"ray vs local arrays: same documents and rows, max |difference| {diff:.2e}")
+    print(f"{'export, local engine, written to disk':<54}{local:>8,.0f}{local / plain:>8.2f}")
+    print(f"{'export, ray engine, 2 workers':<54}{on_ray:>8,.0f}{on_ray / plain:>8.2f}")
+    print(f"export / plain full {local / plain:.2f}x; export / plain stopped "
+          f"{local / stopped:.2f}x; ray / local {on_ray / local:.2f}x")
+    print(f"local engine: {t['compute_s']:.0f} s computing, {t['wait_s']:.1f} s waiting for "
+          f"the writer ({t['wait_s'] / t['local_s']:.1%} of {t['local_s']:.0f} s)")
+    print(f"ray vs local: same documents and rows; max |difference| {worst:.2e}")
     sys.stdout.flush()
 
 

@@ -8,7 +8,6 @@ their ids recorded, so nothing disappears without a trace and ids never shift.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from spyglass.model.paths import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ class Document:
     id: int
     text: str
     name: str | None = None
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def identity(spec: CorpusSpec) -> dict[str, Any]:

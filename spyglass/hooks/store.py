@@ -69,6 +69,7 @@ from spyglass.hooks.batch import (
 )
 from spyglass.hooks.spec import CaptureSpec, kind_of, layer_of
 from spyglass.model.loader import Model, versions
+from spyglass.model.paths import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -284,10 +285,6 @@ def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, s
 
     durable_write(path, write)
     return result["sha256"], result["size"]
-
-
-def file_sha256(path: Path) -> str:
-    return corpus_mod.file_sha256(path)
 
 
 def write_shard(folder: Path, spec: JobSpec, data: ShardData) -> dict[str, Any]:
@@ -538,12 +535,12 @@ class ExportJob:
         with _folder_lock(self.folder):
             manifest = self._open_manifest()
             self.check_disk()
-            manifest.data["runs"].append(
-                {"engine": engine, "started": _now(), "batch_size": self.spec.batch_size,
-                 "pending_shards": len(self.pending)}
-            )
+            run = {"engine": engine, "started": _now(), "batch_size": self.spec.batch_size,
+                   "pending_shards": len(self.pending)}
+            manifest.data["runs"].append(run)
             manifest.save()
             _save_tokenizer(self.model, self.folder)
+            started = time.perf_counter()
             if self.pending:
                 if engine == "ray":
                     from spyglass.hooks import ray_engine
@@ -551,7 +548,8 @@ class ExportJob:
                     ray_engine.run(self, manifest, progress=progress, address=address,
                                    workers=workers)
                 else:
-                    _run_local(self, manifest, progress)
+                    run.update(_run_local(self, manifest, progress))
+            run["seconds"] = round(time.perf_counter() - started, 2)
             _finish(self, manifest)
             self.existing = manifest
             return manifest.data
@@ -663,6 +661,7 @@ class _Writer:
         self.manifest = manifest
         self.queue: queue.Queue[ShardData | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
+        self.waited = 0.0  # seconds the computing thread spent waiting for this writer
         self.thread = threading.Thread(target=self._loop, name="spyglass-export-writer",
                                        daemon=True)
         self.thread.start()
@@ -682,18 +681,24 @@ class _Writer:
             raise self.error
 
     def put(self, data: ShardData) -> None:
-        while True:
-            self._raise()
-            try:
-                self.queue.put(data, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        started = time.perf_counter()
+        try:
+            while True:
+                self._raise()
+                try:
+                    self.queue.put(data, timeout=0.2)
+                    return
+                except queue.Full:
+                    continue
+        finally:
+            self.waited += time.perf_counter() - started
 
     def close(self) -> None:
         """Wait for queued shards to be written; raise what the writer hit, if anything."""
+        started = time.perf_counter()
         self.queue.put(None)
         self.thread.join()
+        self.waited += time.perf_counter() - started
         self._raise()
 
 
@@ -706,12 +711,16 @@ def progress_bar(job: ExportJob, enabled: bool) -> Any:
                 desc="export", dynamic_ncols=True, smoothing=0.1)
 
 
-def _run_local(job: ExportJob, manifest: Manifest, progress: bool) -> None:
+def _run_local(job: ExportJob, manifest: Manifest, progress: bool) -> dict[str, float]:
+    """Compute shards here while a thread writes them; return where the time went."""
     writer = _Writer(job, manifest)
     bar = progress_bar(job, progress)
+    computing = 0.0
     try:
         for shard in job.pending:
+            started = time.perf_counter()
             data = compute_shard(job.model, job.spec, shard, on_tokens=bar.update)
+            computing += time.perf_counter() - started
             writer.put(data)
     except KeyboardInterrupt:
         # Keep the shard already handed to the writer: it is complete and costs little.
@@ -724,6 +733,9 @@ def _run_local(job: ExportJob, manifest: Manifest, progress: bool) -> None:
     finally:
         bar.close()
     writer.close()
+    # Time waiting for the writer is the part of writing that compute did not hide.
+    return {"compute_seconds": round(computing, 2),
+            "writer_wait_seconds": round(writer.waited, 2)}
 
 
 def _finish(job: ExportJob, manifest: Manifest) -> None:

@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from spyglass.hooks.store import Export, ExportError, ExportIntegrityError, file_sha256
+from spyglass.hooks.store import Export, ExportError, ExportIntegrityError
+from spyglass.model.paths import file_sha256
 from spyglass.model.tokens import _piece_bytes, label_for
 
 log = logging.getLogger(__name__)

@@ -186,6 +186,13 @@ def test_first_column_hide_and_rescale():
         figures.first_column(pattern, "drop")
 
 
+def test_rescale_keeps_future_keys_blank_and_rows_correct():
+    # The page passes causal patterns, whose keys after the query are NaN.
+    pattern = figures.causal(np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.6, 0.3, 0.1]]))
+    rescaled, _ = figures.first_column(pattern, "rescale")
+    np.testing.assert_allclose(rescaled, [[np.nan, np.nan], [1, np.nan], [0.75, 0.25]])
+
+
 def test_block_mean_averages_blocks_and_ignores_nan():
     matrix = np.array([[1, np.nan, np.nan, np.nan],
                        [3, 5, np.nan, np.nan],

@@ -68,6 +68,13 @@ def test_folder_without_config_is_refused(tmp_path):
         load_model(str(tmp_path / "empty"))
 
 
+def test_missing_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"folder .*nothing.* does not exist"):
+        load_model(str(tmp_path / "nothing"))
+    with pytest.raises(ModelLoadError, match=r"does not exist"):
+        load_model("./no-such-model-folder")
+
+
 def test_source_validation():
     with pytest.raises(ValueError, match="dtype must be one of"):
         ModelSource(dtype="float64")

@@ -131,8 +131,11 @@ def first_column(pattern: np.ndarray, mode: str) -> tuple[np.ndarray, int]:
         raise ValueError(f"mode must be one of {FIRST_MODES}, got {mode!r}.")
     rest = pattern[:, 1:]
     if mode == "rescale":
-        total = rest.sum(axis=-1, keepdims=True)
-        rest = np.divide(rest, total, out=np.zeros_like(rest), where=total > 0)
+        # Callers pass patterns whose future keys are NaN (drawn blank): sum around them and
+        # keep them NaN, or every row but the last would come out as zeros.
+        total = np.nansum(rest, axis=-1, keepdims=True)
+        scaled = np.divide(rest, total, out=np.zeros_like(rest), where=total > 0)
+        rest = np.where(np.isnan(rest), np.nan, scaled)
     return rest, 1
 
 

@@ -68,7 +68,9 @@ class ModelSource:
             return "embedded"
         if self.name.startswith("random:"):
             return "random"
-        if Path(self.name).expanduser().is_dir():
+        # Hub ids look like "gpt2" or "owner/name"; anything path-like is a folder, so a
+        # mistyped path is reported as a missing folder rather than as an offline hub.
+        if Path(self.name).expanduser().is_dir() or self.name.startswith(("/", ".", "~")):
             return "folder"
         return "hub"
 
@@ -199,6 +201,11 @@ def resolve_folder(source: ModelSource) -> tuple[Path, dict[str, Any]]:
 
     if kind == "folder":
         folder = Path(source.name).expanduser().resolve()
+        if not folder.is_dir():
+            raise ModelLoadError(
+                f"Model folder {folder} does not exist. Give the path of a folder in Hugging "
+                "Face format (config.json, *.safetensors, tokenizer files), or a hub id."
+            )
         if not (folder / "config.json").is_file():
             raise ModelLoadError(
                 f"{folder} has no config.json, so it is not a Hugging Face model folder. "

@@ -153,6 +153,8 @@ def find_occurrences(tokens: Tokens, word: str) -> list[Occurrence]:
     Matching is case-sensitive and needs non-word characters (or the text's ends) on both
     sides, so ``sea`` is not found inside ``season``.
     """
+    if not word.strip():
+        raise ValueError("The word is empty or only whitespace; give a word to probe.")
     text = tokens.text
     found = []
     for match in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text):

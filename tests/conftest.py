@@ -50,3 +50,25 @@ def tiny_model_and_ref(request):
 @pytest.fixture(scope="session")
 def embedded_model():
     return load_model()
+
+
+@pytest.fixture
+def interrupt_shard(monkeypatch):
+    """``interrupt_shard(n)``: the export's n-th shard computation raises KeyboardInterrupt,
+    as Ctrl-C would in the middle of a run. ``monkeypatch.undo()`` lifts it."""
+    from spyglass.hooks import batch
+
+    real = batch.compute_shard
+
+    def install(n: int) -> None:
+        calls = {"n": 0}
+
+        def stop(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr("spyglass.hooks.store.compute_shard", stop)
+
+    return install

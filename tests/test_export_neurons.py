@@ -82,19 +82,8 @@ def test_contexts_are_the_text_around_the_token(folder, corpus, tiny_llama):
 
 
 def test_unfinished_export_answers_from_complete_shards(tmp_path, corpus, tiny_llama,
-                                                        monkeypatch):
-    from spyglass.hooks import batch
-
-    calls = {"n": 0}
-    real = batch.compute_shard
-
-    def stop_at_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr("spyglass.hooks.store.compute_shard", stop_at_third)
+                                                        interrupt_shard):
+    interrupt_shard(3)
     with pytest.raises(KeyboardInterrupt):
         export(tiny_llama, CorpusSpec(corpus), tmp_path / "part",
                ExportConfig(hooks=("blocks.1.mlp.hook_post",), shard_mb=0.1, neuron_top_k=K))

@@ -17,7 +17,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from spyglass.hooks import batch, ray_engine
+from spyglass.hooks import ray_engine
 from spyglass.hooks.corpus import CorpusSpec
 from spyglass.hooks.store import Export, ExportConfig, export
 from spyglass.model import load_model
@@ -59,7 +59,8 @@ def listening_addresses() -> set[str]:
     return found
 
 
-def test_ray_engine_matches_local_engine(local_ray, corpus, tmp_path, monkeypatch):
+def test_ray_engine_matches_local_engine(local_ray, corpus, tmp_path, monkeypatch,
+                                         interrupt_shard):
     model = load_model("random:gpt2")
     addresses = listening_addresses()
     assert addresses, "Ray started no listening process under this one"
@@ -84,16 +85,7 @@ def test_ray_engine_matches_local_engine(local_ray, corpus, tmp_path, monkeypatc
     np.testing.assert_allclose(ib["value"], ia["value"], atol=1e-5, rtol=1e-5)
 
     # An export begun locally and interrupted is finished by the Ray engine.
-    calls = {"n": 0}
-    real = batch.compute_shard
-
-    def stop_at_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr("spyglass.hooks.store.compute_shard", stop_at_third)
+    interrupt_shard(3)
     with pytest.raises(KeyboardInterrupt):
         export(model, CorpusSpec(corpus), tmp_path / "mixed", CONFIG)
     monkeypatch.undo()

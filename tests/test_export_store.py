@@ -327,3 +327,77 @@ def test_docs_reading_recipes_run(done):
     shard0 = ref.shard_arrays(0)[hook]
     np.testing.assert_array_equal(found["mapped"], shard0)
     assert tuple(found["batch"].shape) == (256, 32) and found["batch"].dtype == torch.float32
+
+
+def test_changed_hooks_are_summarised_not_listed(done, corpus_txt, tiny_gpt2):
+    # The folder holds 3 hooks; asking for every MLP activation as well adds 2 and drops none.
+    # A refusal that printed both full lists would bury the one difference that matters.
+    wider = config(hooks=(*HOOKS, "blocks.*.mlp.hook_post", "blocks.*.hook_resid_pre"))
+    with pytest.raises(ExportMismatchError) as err:
+        prepare_export(tiny_gpt2, CorpusSpec(corpus_txt), done, wider)
+    message = str(err.value)
+    assert "hooks: folder has 3, now 6" in message
+    new = message.split("new: ")[1]
+    for name in ("blocks.0.mlp.hook_post", "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"):
+        assert name in new
+    assert "dropped" not in message
+    assert "'blocks.0.hook_resid_post'" not in message  # the unchanged names are not repeated
+
+
+def test_missing_or_wrong_export_folder_is_named(tmp_path):
+    with pytest.raises(ExportError, match=r"No export folder at .*nowhere; check the path"):
+        Export(tmp_path / "nowhere")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ExportError, match="is a file, not an export folder"):
+        Export(tmp_path / "file.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match=r"has no manifest\.json.*folder given to --out"):
+        Export(tmp_path / "empty")
+
+
+def test_busy_folder_is_refused_before_the_model_loads(tmp_path, corpus_txt, monkeypatch,
+                                                       capsys):
+    folder = tmp_path / "busy"
+    folder.mkdir()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for an export that cannot start")
+
+    monkeypatch.setattr("spyglass.model.load_model", no_model)
+    # flock locks belong to an open file, so a second open in this process conflicts just as
+    # another process's would.
+    with store._folder_lock(folder):
+        with pytest.raises(ExportError, match="Another export is writing"):
+            store.check_not_busy(folder)
+        code = cli.main(["export", str(corpus_txt), "--model", "random:gpt2", "--hooks",
+                         "blocks.0.hook_resid_post", "--out", str(folder), "--no-progress"])
+    assert code == 2
+    assert "Another export is writing to" in capsys.readouterr().err
+    store.check_not_busy(folder)  # free again once the holder lets go
+
+
+def test_corpus_that_is_not_utf8_names_file_and_line(tmp_path, tiny_gpt2):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("first line\nsecond line\nthird caf\xe9 line\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.txt:3 is not UTF-8 \(byte 32 .*iconv"):
+        prepare_export(tiny_gpt2, CorpusSpec(path), tmp_path / "out", config())
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2 is not UTF-8"):
+        prepare_export(tiny_gpt2, CorpusSpec(jsonl), tmp_path / "out2", config())
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_corpus_errors_name_the_command_line_flag_too(tmp_path):
+    with pytest.raises(ValueError, match="--format"):
+        CorpusSpec(tmp_path / "corpus.csv")
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"body": "hello"}\n', encoding="utf-8")
+    from spyglass.hooks.corpus import read_documents
+
+    with pytest.raises(ValueError, match=r"has no field 'text' \(it has \['body'\]\).*"
+                                         r"--text-field"):
+        list(read_documents(CorpusSpec(jsonl)))
+    pq.write_table(pa.table({"body": ["hello"]}), tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match=r"no column \['text'\].*--text-field"):
+        list(read_documents(CorpusSpec(tmp_path / "c.parquet")))

@@ -49,3 +49,14 @@ def test_concepts_page_reports_a_concept_missing_from_the_text():
     at.run()
     assert not at.exception
     assert "does not occur" in at.error[0].value
+
+
+def test_concepts_page_with_an_emptied_set_says_what_to_type():
+    at = AppTest.from_file(page("7_Concepts.py"), default_timeout=120)
+    at.query_params.update({"model": "random:llama", "text": TEXT, "concept": "SpongeBob",
+                            "target": "underwater", "read_in": "your text", "controls": "20",
+                            "probe_a": "  \n"})
+    at.run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("Set A has 0 texts; give at least 5, one per line" in w for w in warnings)

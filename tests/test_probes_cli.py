@@ -45,3 +45,16 @@ def test_probe_bad_template_is_a_clear_error(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "has no {x}" in err
+
+
+def test_too_few_controls_for_a_nearest_five_percent_claim(capsys):
+    # With 5 controls first place is the nearest sixth of the words; the table must not call
+    # that "the nearest 5%".
+    code = main(["probe", "Paris", "France", "--model", "random:gpt2", "--controls", "5"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Too few controls (5) to speak of the nearest 5%" in out
+    assert "Within the nearest 5%" not in out
+    assert main(["probe", "Paris", "France", "--model", "random:gpt2", "--controls", "5",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nearest_5_percent"] is None

@@ -50,3 +50,14 @@ def test_linear_probe_runs_on_a_tiny_model(tiny_gpt2):
     assert curve.layers == tuple(range(tiny_gpt2.n_layers))
     assert curve.accuracy.shape == curve.shuffled.shape == (tiny_gpt2.n_layers,)
     assert np.all((curve.accuracy >= 0) & (curve.accuracy <= 1))
+
+
+def test_empty_or_short_set_is_refused_before_any_forward(tiny_gpt2, monkeypatch):
+    def no_forward(*args, **kwargs):
+        raise AssertionError("ran the model for a probe that cannot be fitted")
+
+    monkeypatch.setattr(linear, "pooled_residuals", no_forward)
+    with pytest.raises(ValueError, match="Set A has 0 texts; give at least 5, one per line"):
+        linear.linear_probe(tiny_gpt2, [], linear.DESERT_TEXTS[:6])
+    with pytest.raises(ValueError, match="Set B has 1 text; give at least 3"):
+        linear.linear_probe(tiny_gpt2, linear.SEA_TEXTS[:6], ["Sand."], folds=3)

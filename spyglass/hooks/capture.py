@@ -167,8 +167,8 @@ def capture(
             raise MemoryLimitError(
                 f"Capturing {len(names)} arrays for {len(tokens):,} tokens needs about "
                 f"{need / 2**20:,.1f} MiB, over the limit of {max_bytes / 2**20:,.1f} MiB. "
-                "Keep fewer kinds or layers in the CaptureSpec, shorten the text, or raise "
-                "the limit."
+                "Keep fewer kinds or layers (CaptureSpec; --kinds, --layers or --hooks on the "
+                "command line), shorten the text, or raise the limit (max_bytes; --max-mib)."
             )
 
     started = time.perf_counter()

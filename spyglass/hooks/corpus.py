@@ -50,7 +50,8 @@ class CorpusSpec:
             if guessed is None:
                 raise ValueError(
                     f"Cannot tell the format of {self.path.name} from its suffix; name it "
-                    f".txt, .jsonl or .parquet, or pass the format ({', '.join(FORMATS)})."
+                    f".txt, .jsonl or .parquet, or give the format (fmt=...; --format on the "
+                    f"command line), one of {', '.join(FORMATS)}."
                 )
             object.__setattr__(self, "fmt", guessed)
         if self.fmt not in FORMATS:
@@ -96,12 +97,30 @@ def read_documents(spec: CorpusSpec) -> Iterator[Document]:
     """Every document of the corpus in order, empty ones included (callers skip them)."""
     if not spec.path.is_file():
         raise FileNotFoundError(f"No corpus file at {spec.path}.")
-    if spec.fmt == "txt":
-        yield from _read_txt(spec)
-    elif spec.fmt == "jsonl":
-        yield from _read_jsonl(spec)
-    else:
+    if spec.fmt == "parquet":
         yield from _read_parquet(spec)
+        return
+    try:
+        yield from _read_txt(spec) if spec.fmt == "txt" else _read_jsonl(spec)
+    except UnicodeDecodeError as exc:
+        raise ValueError(_where_not_utf8(spec.path, exc)) from exc
+
+
+def _where_not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Name the first line that is not UTF-8: the decoder's own error only knows its buffer."""
+    with open(path, "rb") as fh:
+        offset = 0
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return (
+                    f"{path}:{lineno} is not UTF-8 (byte {offset + bad.start:,} of the file, "
+                    f"{raw[bad.start:bad.start + 4]!r}). Convert the file to UTF-8, e.g. "
+                    f"`iconv -f latin1 -t utf-8`, and export again."
+                )
+            offset += len(raw)
+    return f"{path} is not UTF-8 ({exc.reason}). Convert it to UTF-8 and export again."
 
 
 def _read_txt(spec: CorpusSpec) -> Iterator[Document]:
@@ -142,8 +161,8 @@ def _field_text(spec: CorpusSpec, record: Any, where: str) -> str:
     if not isinstance(record, dict) or spec.text_field not in record:
         keys = list(record) if isinstance(record, dict) else type(record).__name__
         raise ValueError(
-            f"{where} has no field {spec.text_field!r} (it has {keys}); pass the field that "
-            "holds the text."
+            f"{where} has no field {spec.text_field!r} (it has {keys}); name the field that "
+            "holds the text (text_field=...; --text-field on the command line)."
         )
     text = record[spec.text_field]
     if text is None:
@@ -168,7 +187,9 @@ def _read_parquet(spec: CorpusSpec) -> Iterator[Document]:
     missing = [c for c in columns if c not in table.schema_arrow.names]
     if missing:
         raise ValueError(
-            f"{spec.path} has no column {missing}; its columns are {table.schema_arrow.names}."
+            f"{spec.path} has no column {missing}; its columns are {table.schema_arrow.names}. "
+            "Name the text column (text_field=...; --text-field on the command line) and the "
+            "id column, if any (id_field=...; --id-field)."
         )
     n = 0
     for batch in table.iter_batches(batch_size=1024, columns=columns):

@@ -29,8 +29,10 @@ Reading without Spyglass needs only ``safetensors`` (or numpy and the 8-byte hea
     start, end = shard["token_offsets"][0], shard["token_offsets"][1]
     first_doc = acts[start:end]                            # (pos, d_model)
 
-:class:`Export` memory-maps shards, checks their checksums and gives arrays per document
-or flat per hook; docs/EXPORT.md has a PyTorch ``DataLoader`` recipe.
+:class:`Export` (in :mod:`spyglass.hooks.reader`, re-exported here) memory-maps shards,
+checks their checksums and gives arrays per document or flat per hook; docs/EXPORT.md has a
+PyTorch ``DataLoader`` recipe. The manifest's record and the errors live in
+:mod:`spyglass.hooks.manifest`.
 """
 
 from __future__ import annotations
@@ -46,9 +48,8 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,39 +68,53 @@ from spyglass.hooks.batch import (
     run_batch,
     token_shape,
 )
+from spyglass.hooks.manifest import (
+    DTYPES,
+    EXPECTABLE,
+    FORMAT,
+    IDS,
+    MANIFEST,
+    NEURON_INDEX,
+    DiskSpaceError,
+    ExportError,
+    ExportIntegrityError,
+    ExportMismatchError,
+    Manifest,
+    identity_diffs,
+    neuron_file,
+    now_iso,
+    shard_file,
+)
+from spyglass.hooks.reader import Export, bf16_to_float32, read_header
 from spyglass.hooks.spec import CaptureSpec, kind_of, layer_of
 from spyglass.model.loader import Model, versions
-from spyglass.model.paths import file_sha256
+from spyglass.model.paths import durable_write, file_sha256
+
+# The writer's API, plus the reader and manifest names re-exported so that one import
+# (``from spyglass.hooks.store import Export, export``) serves both sides.
+__all__ = [
+    "DTYPES",
+    "EXPECTABLE",
+    "MANIFEST",
+    "DiskSpaceError",
+    "Estimate",
+    "Export",
+    "ExportConfig",
+    "ExportError",
+    "ExportIntegrityError",
+    "ExportJob",
+    "ExportMismatchError",
+    "Manifest",
+    "bf16_to_float32",
+    "check_not_busy",
+    "export",
+    "prepare_export",
+    "read_header",
+]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "spyglass-export/1"
-MANIFEST = "manifest.json"
-NEURON_INDEX = "neurons.parquet"
-IDS = "input_ids"
-DTYPES = ("float32", "float16", "bfloat16")
 _ST_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int32": "I32"}
-_NP_OF_CODE = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32}
-# Expectations a reader may check; see Export.check.
-EXPECTABLE = ("model", "context_length", "prepend_bos", "dtype", "hooks", "layout",
-              "weight_processing")
-
-
-class ExportError(RuntimeError):
-    """An export cannot start or continue; the message says why and what to do."""
-
-
-class ExportMismatchError(ExportError):
-    """The folder holds an export made with other arguments, or a reader expects others."""
-
-
-class ExportIntegrityError(ExportError):
-    """A shard file differs from what the manifest recorded when it was written."""
-
-
-class DiskSpaceError(ExportError, OSError):
-    """Not enough free disk for the rest of the export."""
-
 
 # --- settings ---------------------------------------------------------------------------
 
@@ -189,42 +204,7 @@ def plan_shards(docs: list[corpus_mod.DocTokens], spec: JobSpec,
     return shards
 
 
-def shard_file(index: int) -> str:
-    return f"shard-{index:05d}.safetensors"
-
-
-def neuron_file(index: int) -> str:
-    return f"neurons/shard-{index:05d}.parquet"
-
-
 # --- writing files ----------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def durable_write(path: Path, write: Callable[[Any], None]) -> None:
-    """``write(fh)`` into a temporary file next to ``path``, fsync, rename, fsync the folder.
-
-    After a crash, ``path`` is either absent, its old version, or complete; never partial.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class _HashingWriter:
@@ -316,60 +296,6 @@ def write_shard(folder: Path, spec: JobSpec, data: ShardData) -> dict[str, Any]:
     sha, size = write_safetensors(folder / record["file"], tensors, meta)
     record.update(sha256=sha, bytes=size)
     return record
-
-
-# --- the manifest -----------------------------------------------------------------------
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-class Manifest:
-    """The manifest of one export folder, rewritten atomically after every change."""
-
-    def __init__(self, folder: Path, data: dict[str, Any]) -> None:
-        self.folder = folder
-        self.data = data
-        self._lock = threading.Lock()
-
-    @classmethod
-    def read(cls, folder: Path) -> Manifest | None:
-        path = folder / MANIFEST
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ExportError(f"{path} is not valid JSON ({exc}).") from exc
-        if data.get("format") != FORMAT:
-            raise ExportError(
-                f"{path} is not a Spyglass export manifest (format {data.get('format')!r}, "
-                f"expected {FORMAT!r})."
-            )
-        return cls(folder, data)
-
-    @property
-    def done(self) -> set[int]:
-        return {s["index"] for s in self.data["shards"]}
-
-    def save(self) -> None:
-        self.data["updated"] = _now()
-        text = json.dumps(self.data, indent=1, ensure_ascii=False).encode("utf-8")
-        durable_write(self.folder / MANIFEST, lambda fh: fh.write(text))
-
-    def add_shard(self, record: dict[str, Any]) -> None:
-        with self._lock:
-            shards = [s for s in self.data["shards"] if s["index"] != record["index"]]
-            shards.append(record)
-            self.data["shards"] = sorted(shards, key=lambda s: s["index"])
-            self.save()
-
-
-def _identity_diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: folder has {old.get(k)!r}, now {new.get(k)!r}"
-            for k in keys if old.get(k) != new.get(k)]
 
 
 # --- the export job ---------------------------------------------------------------------
@@ -535,7 +461,7 @@ class ExportJob:
         with _folder_lock(self.folder):
             manifest = self._open_manifest()
             self.check_disk()
-            run = {"engine": engine, "started": _now(), "batch_size": self.spec.batch_size,
+            run = {"engine": engine, "started": now_iso(), "batch_size": self.spec.batch_size,
                    "pending_shards": len(self.pending)}
             manifest.data["runs"].append(run)
             manifest.save()
@@ -587,7 +513,7 @@ class ExportJob:
                 "corpus": {"path": str(self.corpus.path.resolve()),
                            **self.identity["corpus"]},
                 "versions": versions(),
-                "created": _now(),
+                "created": now_iso(),
             },
             "documents": {
                 "count": sum(len(s.docs) for s in self.shards),
@@ -624,6 +550,18 @@ def _folder_lock(folder: Path) -> Iterator[None]:
                 "or stop it; two writers would overwrite each other's shards."
             ) from None
         yield
+
+
+def check_not_busy(folder: str | os.PathLike[str]) -> None:
+    """Refuse at once when another export holds ``folder``'s lock.
+
+    Cheap enough to call before loading a model; the run takes the lock for real later, so
+    a writer starting in between is still refused then.
+    """
+    folder = Path(folder).expanduser()
+    if (folder / ".lock").is_file():
+        with _folder_lock(folder):
+            pass
 
 
 def _clean_strays(folder: Path, done: set[int]) -> None:
@@ -754,7 +692,7 @@ def _finish(job: ExportJob, manifest: Manifest) -> None:
         index["sha256"] = file_sha256(job.folder / NEURON_INDEX)
         index["rows"] = table.num_rows
     manifest.data["complete"] = True
-    manifest.data["finished"] = manifest.data.get("finished") or _now()
+    manifest.data["finished"] = manifest.data.get("finished") or now_iso()
     manifest.save()
     shutil.rmtree(job.folder / "neurons", ignore_errors=True)
 
@@ -823,7 +761,7 @@ def _check_folder(folder: Path, identity: dict[str, Any]) -> Manifest | None:
                 "--out folder so nothing of yours is overwritten."
             )
         return None
-    diffs = _identity_diffs(existing.data["identity"], identity)
+    diffs = identity_diffs(existing.data["identity"], identity)
     if diffs:
         raise ExportMismatchError(
             f"{folder} holds an export made with other arguments — " + "; ".join(diffs)
@@ -857,217 +795,3 @@ def export(model: Model, corpus: corpus_mod.CorpusSpec | str | os.PathLike[str],
     job = prepare_export(model, corpus, out, config)
     log.info("Export plan: %s", job.estimate().describe())
     return job.run(progress=progress, engine=engine, address=address, workers=workers)
-
-
-# --- reading ----------------------------------------------------------------------------
-
-
-def read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """A safetensors file's header and the byte offset where its data starts."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise ExportIntegrityError(f"{path} is too short to be a safetensors file.")
-        (length,) = struct.unpack("<Q", raw)
-        if length > 100 * 2**20:
-            raise ExportIntegrityError(f"{path} claims a {length:,}-byte header; damaged.")
-        try:
-            header = json.loads(fh.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ExportIntegrityError(f"{path} has an unreadable header ({exc}).") from exc
-    return header, 8 + length
-
-
-def bf16_to_float32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) to float32: the high half of a float32 (a copy)."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
-
-class Export:
-    """A corpus export opened for reading; shards are memory-mapped on first use.
-
-    Every shard's SHA-256 is checked against the manifest the first time it is opened
-    (``verify=False`` skips this). bfloat16 exports are returned as float32 copies, since
-    numpy has no bfloat16. ``expect`` is checked like :meth:`check`.
-
-    For a PyTorch ``DataLoader`` over single tokens, index shards through their maps
-    (docs/EXPORT.md has a fuller version)::
-
-        export = Export(folder)
-        shards = export.manifest["shards"]
-        starts = np.cumsum([0] + [s["tokens"] for s in shards])
-
-        class TokenActivations(torch.utils.data.Dataset):
-            def __len__(self):
-                return int(starts[-1])
-
-            def __getitem__(self, i):
-                k = bisect.bisect_right(starts, i) - 1
-                row = export.shard_arrays(shards[k]["index"])[hook][i - starts[k]]
-                return torch.tensor(np.asarray(row, dtype=np.float32))
-
-        loader = torch.utils.data.DataLoader(TokenActivations(), batch_size=256, shuffle=True)
-    """
-
-    def __init__(self, folder: str | os.PathLike[str], *, verify: bool = True,
-                 expect: dict[str, Any] | None = None) -> None:
-        self.folder = Path(folder).expanduser()
-        manifest = Manifest.read(self.folder)
-        if manifest is None:
-            raise ExportError(f"{self.folder} has no {MANIFEST}; it is not a Spyglass export.")
-        self.manifest = manifest.data
-        self.verify = verify
-        self._maps: dict[int, dict[str, np.ndarray]] = {}
-        self._where: dict[int, tuple[int, int, int]] = {}
-        self._names: dict[int, str | None] = {}
-        for shard in self.manifest["shards"]:
-            offsets = shard["token_offsets"]
-            names = shard.get("names") or [None] * len(shard["documents"])
-            for i, doc in enumerate(shard["documents"]):
-                self._where[doc] = (shard["index"], offsets[i], offsets[i + 1])
-                self._names[doc] = names[i]
-        if not self.complete:
-            log.warning("%s is an unfinished export: %d of %d shards are complete", self.folder,
-                        len(self.manifest["shards"]), self.manifest["planned"]["shards"])
-        if expect:
-            self.check(expect)
-
-    # settings
-    @property
-    def hooks(self) -> list[str]:
-        return list(self.manifest["hooks"])
-
-    @property
-    def dtype(self) -> str:
-        return self.manifest["dtype"]
-
-    @property
-    def context_length(self) -> int:
-        return int(self.manifest["context_length"])
-
-    @property
-    def prepend_bos(self) -> bool:
-        return bool(self.manifest["prepend_bos"])
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.manifest.get("complete"))
-
-    @property
-    def documents(self) -> list[int]:
-        """Ids of every exported document, in corpus order."""
-        return [d for s in self.manifest["shards"] for d in s["documents"]]
-
-    @property
-    def n_tokens(self) -> int:
-        return sum(s["tokens"] for s in self.manifest["shards"])
-
-    def check(self, expect: dict[str, Any]) -> None:
-        """Raise :class:`ExportMismatchError` naming every field that differs from ``expect``."""
-        unknown = [k for k in expect if k not in EXPECTABLE]
-        if unknown:
-            raise ValueError(f"Cannot check {unknown}; checkable fields are {list(EXPECTABLE)}.")
-        have = {**self.manifest, "weight_processing":
-                self.manifest["provenance"]["weight_processing"]}
-        diffs = [f"{k}: export has {have.get(k)!r}, expected {v!r}"
-                 for k, v in expect.items() if have.get(k) != v]
-        if diffs:
-            raise ExportMismatchError(
-                f"{self.folder} was exported under other settings than expected — "
-                + "; ".join(diffs) + ". Re-export with those settings or adapt the reader."
-            )
-
-    # shards
-    def _shard(self, index: int) -> dict[str, np.ndarray]:
-        if index in self._maps:
-            return self._maps[index]
-        record = next(s for s in self.manifest["shards"] if s["index"] == index)
-        path = self.folder / record["file"]
-        if not path.is_file():
-            raise ExportIntegrityError(f"{path} is listed in the manifest but missing.")
-        if self.verify:
-            got = file_sha256(path)
-            if got != record["sha256"]:
-                raise ExportIntegrityError(
-                    f"{path.name} has SHA-256 {got[:16]}…, but the manifest recorded "
-                    f"{record['sha256'][:16]}… when it was written: the file was changed or "
-                    "damaged. Export again into a new folder (or restore the file)."
-                )
-        header, start = read_header(path)
-        arrays = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            begin, _ = info["data_offsets"]
-            shape = tuple(info["shape"])
-            arrays[name] = np.memmap(path, dtype=_NP_OF_CODE[info["dtype"]], mode="r",
-                                     offset=start + begin, shape=shape)
-        if set(arrays) != {IDS, *self.hooks} or arrays[IDS].shape[0] != record["tokens"]:
-            raise ExportIntegrityError(
-                f"{path.name} holds {sorted(arrays)} with {arrays[IDS].shape[0]} tokens; the "
-                f"manifest lists {self.hooks} with {record['tokens']} tokens."
-            )
-        self._maps[index] = arrays
-        return arrays
-
-    def _decode(self, raw: np.ndarray) -> np.ndarray:
-        return bf16_to_float32(raw) if self.dtype == "bfloat16" else raw
-
-    def verify_all(self) -> int:
-        """Check every listed shard's checksum now; return how many were checked."""
-        for shard in self.manifest["shards"]:
-            self._shard(shard["index"])
-        return len(self.manifest["shards"])
-
-    def shard_arrays(self, index: int) -> dict[str, np.ndarray]:
-        """Memory-mapped arrays of one shard (bfloat16 left as raw uint16 bits)."""
-        return self._shard(index)
-
-    def _locate(self, doc: int) -> tuple[int, int, int]:
-        try:
-            return self._where[doc]
-        except KeyError:
-            skipped = self.manifest["documents"]["skipped_empty"]
-            why = " (it was empty and skipped)" if doc in skipped else ""
-            raise KeyError(f"Document {doc} is not in this export{why}.") from None
-
-    def _hook(self, hook: str) -> str:
-        if hook not in self.hooks:
-            raise KeyError(f"{hook!r} was not exported; exported hooks: {self.hooks[:6]}")
-        return hook
-
-    def doc_name(self, doc: int) -> str | None:
-        """The document's name from the corpus's id field, if it had one."""
-        self._locate(doc)
-        return self._names[doc]
-
-    def truncated_from(self, doc: int) -> int | None:
-        """The document's full token count when it was cut to the context length."""
-        index, _, _ = self._locate(doc)
-        record = next(s for s in self.manifest["shards"] if s["index"] == index)
-        return (record.get("truncated") or {}).get(str(doc))
-
-    def tokens(self, doc: int) -> np.ndarray:
-        """Token ids of one document (pos,), as the model read them (BOS included)."""
-        index, start, end = self._locate(doc)
-        return np.asarray(self._shard(index)[IDS][start:end])
-
-    def doc(self, doc: int, hook: str) -> np.ndarray:
-        """Activations of one document at one hook: (pos, ...), memory-mapped when possible."""
-        index, start, end = self._locate(doc)
-        return self._decode(self._shard(index)[self._hook(hook)][start:end])
-
-    def flat(self, hook: str) -> np.ndarray:
-        """All tokens of the export at one hook, in corpus order: (tokens, ...).
-
-        One shard gives a memory-mapped view; several are concatenated into memory.
-        """
-        self._hook(hook)
-        parts = [self._shard(s["index"])[hook] for s in self.manifest["shards"]]
-        if not parts:
-            return np.zeros((0, *self.manifest["shapes"][hook]), dtype=np.float32)
-        if len(parts) == 1:
-            return self._decode(parts[0])
-        # Limitation: more than one shard means one copy in memory; iterate shard_arrays()
-        # for exports larger than memory.
-        return self._decode(np.concatenate(parts))

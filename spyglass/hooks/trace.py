@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from spyglass.hooks.spec import kind_of, layer_of
+from spyglass.model.paths import replacing
 from spyglass.model.tokens import Tokens
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,20 @@ META_PROVENANCE = "spyglass.provenance"
 META_TOKENS = "spyglass.tokens"
 META_FORMAT = "spyglass.format"
 NPZ_META = "__spyglass_meta__"
+# File suffixes per format. Nothing else is written: a ".pt" or ".pkl" name would suggest a
+# pickle, which Spyglass never writes nor reads.
+SUFFIXES = {"safetensors": (".safetensors", ".st"), "npz": (".npz",)}
+
+
+def format_for_path(path: Path) -> str:
+    suffix = path.suffix.lower()
+    for fmt, suffixes in SUFFIXES.items():
+        if suffix in suffixes:
+            return fmt
+    raise ValueError(
+        f"Cannot tell which format to write {path.name} in: name it .safetensors or .npz "
+        "(traces are never pickled, so .pt or .pkl are not offered)."
+    )
 # Provenance fields a reader may insist on; anything else in ``expect`` is refused.
 EXPECTABLE = (
     "model", "n_ctx", "prepend_bos", "dtype", "weight_processing", "hooks", "special_tokens",
@@ -40,19 +55,6 @@ class TraceFormatError(ValueError):
 
 class TraceMismatchError(ValueError):
     """A valid trace was made under settings other than the ones the reader expects."""
-
-
-def write_atomically(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, then rename into place, so no half-written file is seen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -123,26 +125,29 @@ class Trace:
     def save(self, path: str | os.PathLike[str], fmt: str | None = None) -> Path:
         """Write to ``.safetensors`` (default) or ``.npz``, atomically; return the path."""
         path = Path(path)
-        fmt = fmt or ("npz" if path.suffix == ".npz" else "safetensors")
+        fmt = fmt or format_for_path(path)
+        if fmt not in SUFFIXES:
+            raise ValueError(f"fmt must be 'safetensors' or 'npz', got {fmt!r}.")
+        if path.suffix.lower() not in SUFFIXES[fmt]:
+            # Trace.load picks the reader by suffix; a mismatch would write an unreadable file.
+            raise ValueError(
+                f"{path.name} does not end in {' or '.join(SUFFIXES[fmt])}, the suffix of the "
+                f"{fmt} format it would be written in. Name it trace.safetensors or trace.npz."
+            )
         arrays = {n: np.ascontiguousarray(a) for n, a in self.arrays.items()}
         meta = self._metadata()
         if fmt == "safetensors":
             from safetensors.numpy import save_file
 
-            write_atomically(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
-        elif fmt == "npz":
+            with replacing(path) as tmp:
+                save_file(arrays, str(tmp), metadata=meta)
+        else:
             if NPZ_META in arrays:
                 raise ValueError(f"An array may not be named {NPZ_META!r}.")
             payload = dict(arrays)
             payload[NPZ_META] = np.array(json.dumps(meta, ensure_ascii=False))
-
-            def write(tmp: Path) -> None:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **payload)
-
-            write_atomically(path, write)
-        else:
-            raise ValueError(f"fmt must be 'safetensors' or 'npz', got {fmt!r}.")
+            with replacing(path) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **payload)
         log.info("Saved trace (%d arrays, %.1f MB) to %s", len(arrays), self.nbytes / 1e6, path)
         return path
 
@@ -164,7 +169,7 @@ class Trace:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"No trace file at {path}.")
-        if path.suffix == ".npz":
+        if path.suffix.lower() == ".npz":
             arrays, meta = _read_npz(path)
         else:
             arrays, meta = _read_safetensors(path)

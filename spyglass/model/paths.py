@@ -1,10 +1,18 @@
-"""Where Spyglass keeps prepared models and tokenizer files, and how files are fingerprinted."""
+"""Where Spyglass keeps prepared models and tokenizer files; how files are hashed and written.
+
+Every file Spyglass writes goes to a temporary name beside its target and is renamed into
+place only once complete, so a reader never sees half a file.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def spyglass_home() -> Path:
@@ -21,3 +29,41 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (the folder's entry list is data too)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success fsync and rename it over.
+
+    After a crash, ``path`` is absent, its old version, or complete; never partial. If the
+    block raises, the temporary file is removed and ``path`` is untouched. The file is
+    created with ``open``, so it gets the usual permissions under the process's umask.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # pid and thread id keep concurrent writers of the same target from sharing a temp file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def durable_write(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(fh)`` to a binary file handle, durably and atomically (see :func:`replacing`)."""
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)

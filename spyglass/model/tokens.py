@@ -159,7 +159,7 @@ def _special_strings(tokenizer: Any) -> list[str]:
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
-def _piece_bytes(tokenizer: Any, ids: list[int]) -> tuple[list[bytes], bool]:
+def piece_bytes(tokenizer: Any, ids: list[int]) -> tuple[list[bytes], bool]:
     """The text bytes each id stands for, and whether that mapping is exact."""
     strings = tokenizer.convert_ids_to_tokens(ids)
     special = set(_special_strings(tokenizer))
@@ -209,7 +209,7 @@ def tokenize(
         split_special_tokens=(special == "text"),
     )
     ids = list(encoded["input_ids"])
-    pieces, exact = _piece_bytes(tokenizer, ids)
+    pieces, exact = piece_bytes(tokenizer, ids)
     if exact and b"".join(pieces) != text.encode("utf-8"):
         exact = False
     if exact:
@@ -238,7 +238,8 @@ def tokenize(
         if not truncate:
             raise ContextLengthError(
                 f"Text has {len(ids):,} tokens but {model_name} reads at most {n_ctx:,}. "
-                f"Shorten the text, or pass truncate=True to keep the first {n_ctx:,} tokens."
+                f"Shorten the text, or keep only its first {n_ctx:,} tokens (truncate=True; "
+                "--truncate on the command line)."
             )
         truncated_from = len(ids)
         ids, pieces, spans = ids[:n_ctx], pieces[:n_ctx], spans[:n_ctx]

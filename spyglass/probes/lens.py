@@ -19,7 +19,7 @@ import numpy as np
 
 from spyglass.hooks.trace import Trace
 from spyglass.model.loader import Model
-from spyglass.model.tokens import _piece_bytes, label_for
+from spyglass.model.tokens import label_for, piece_bytes
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def token_labels(model: Model, ids: np.ndarray | list[int]) -> np.ndarray:
     """Byte-faithful labels for token ids, same shape as ``ids`` (split UTF-8 shown as hex)."""
     ids = np.asarray(ids, dtype=np.int64)
     unique = np.unique(ids)
-    pieces, _ = _piece_bytes(model.tokenizer, [int(i) for i in unique])
+    pieces, _ = piece_bytes(model.tokenizer, [int(i) for i in unique])
     lookup = dict(zip(unique.tolist(), (label_for(p) for p in pieces), strict=True))
     out = np.array([lookup[int(i)] for i in ids.ravel()], dtype=object)
     return out.reshape(ids.shape)

@@ -177,6 +177,13 @@ def linear_probe(model: Model, texts_a: Sequence[str], texts_b: Sequence[str], *
 
     Returns the k-fold held-out accuracy curve and its shuffled-label baseline.
     """
+    for name, texts in (("Set A", texts_a), ("Set B", texts_b)):
+        # Checked before any forward pass, in the words of the person who typed the sets.
+        if len(texts) < max(folds, 2):
+            raise ValueError(
+                f"{name} has {len(texts)} text{'s' if len(texts) != 1 else ''}; give at least "
+                f"{max(folds, 2)}, one per line, for {folds}-fold cross-validation."
+            )
     texts = [*texts_a, *texts_b]
     features = pooled_residuals(model, texts, pool, progress=progress)
     labels = np.array([0] * len(texts_a) + [1] * len(texts_b))

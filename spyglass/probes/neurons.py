@@ -17,7 +17,7 @@ from typing import Any
 
 from spyglass.hooks.store import Export, ExportError, ExportIntegrityError
 from spyglass.model.paths import file_sha256
-from spyglass.model.tokens import _piece_bytes, label_for
+from spyglass.model.tokens import label_for, piece_bytes
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def top_contexts(folder: str | os.PathLike[str], layer: int, neuron: int, top: i
             raise ExportError(f"The neuron index points at token {position} of document {doc}, "
                               f"which has {len(ids)} tokens; the export is inconsistent.")
         lo, hi = max(0, position - left), min(len(ids), position + right + 1)
-        pieces, _ = _piece_bytes(tokenizer, [int(i) for i in ids[lo:hi]])
+        pieces, _ = piece_bytes(tokenizer, [int(i) for i in ids[lo:hi]])
         at = position - lo
         rows.append({
             "doc": int(doc),

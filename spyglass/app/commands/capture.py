@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from spyglass.hooks import ALL_KINDS, CaptureSpec, MemoryLimitError, capture, estimate_bytes
+from spyglass.hooks.trace import format_for_path
 from spyglass.model import ModelLoadError, ModelSource, check_text, load_model
 
 
@@ -26,14 +28,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     bos = p.add_mutually_exclusive_group()
     bos.add_argument("--bos", dest="bos", action="store_true", default=None,
                      help="prepend the beginning-of-sequence token")
-    bos.add_argument("--no-bos", dest="bos", action="store_false")
+    bos.add_argument("--no-bos", dest="bos", action="store_false",
+                     help="do not prepend it (default: as the model's tokenizer does)")
     p.add_argument("--truncate", action="store_true", help="keep the first n_ctx tokens")
     p.add_argument("--special", choices=("text", "special"), default="text",
                    help="whether special-token strings in the text become special tokens")
     p.add_argument("--max-mib", type=float, help="refuse captures estimated above this size")
     p.add_argument("--top", type=int, default=10, help="next-token candidates to show")
+    p.add_argument("--show", type=int, default=SHOW_TOKENS, metavar="N",
+                   help=f"token labels to print before eliding the rest (default {SHOW_TOKENS}; "
+                   "--json prints all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
+
+
+SHOW_TOKENS = 64
+
+
+def token_line(labels: list[str], show: int) -> str:
+    """Labels joined for a terminal; a long text shows its head and tail, not 8,000 labels."""
+    if show <= 0 or len(labels) <= show:
+        return " | ".join(map(repr, labels))
+    head, tail = labels[: show - show // 4], labels[len(labels) - show // 4:]
+    hidden = len(labels) - len(head) - len(tail)
+    return (" | ".join(map(repr, head)) + f" | ... {hidden:,} more ... | "
+            + " | ".join(map(repr, tail)))
 
 
 def top_next(model, logits: np.ndarray, k: int) -> list[dict]:
@@ -50,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
     try:
         check_text(text)  # before the model loads: a typo should not cost ten seconds
+        if args.out:
+            format_for_path(Path(args.out))
     except ValueError as exc:
         print(f"spyglass capture: {exc}", file=sys.stderr)
         return 1
@@ -65,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
     except (ModelLoadError, MemoryLimitError, ValueError) as exc:
         print(f"spyglass capture: {exc}", file=sys.stderr)
         return 1
-    path = trace.save(args.out) if args.out else None
+    try:
+        path = trace.save(args.out) if args.out else None
+    except OSError as exc:
+        print(f"spyglass capture: could not write {args.out}: {exc.strerror or exc}. Nothing "
+              "was written; choose a folder you can write to.", file=sys.stderr)
+        return 1
     summary = {
         "model": model.name,
         "tokens": list(trace.labels),
@@ -81,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0
-    print(f"{model.name}: {len(trace.labels)} tokens: " + " | ".join(map(repr, trace.labels)))
+    print(f"{model.name}: {len(trace.labels)} tokens: {token_line(trace.labels, args.show)}")
     print(f"{len(trace.names)} arrays, {trace.nbytes / 2**20:.1f} MiB"
           + (f", saved to {path}" if path else ""))
     for row in summary.get("next", []):

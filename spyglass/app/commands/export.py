@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from spyglass.hooks.corpus import FORMATS, SPLITS, CorpusSpec
-from spyglass.hooks.store import DTYPES, ExportConfig, ExportError, Manifest, prepare_export
+from spyglass.hooks.store import (
+    DTYPES,
+    ExportConfig,
+    ExportError,
+    Manifest,
+    check_not_busy,
+    prepare_export,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             prepend_bos=args.bos, dtype=args.dtype, batch_size=args.batch_size,
             shard_mb=args.shard_mb, neuron_top_k=args.neuron_top_k,
         )
+        check_not_busy(folder)  # before the model loads: refusing should not take seconds
         model = load_model(ModelSource(name=args.model) if args.model else None)
         job = prepare_export(model, corpus, folder, config)
         if job.complete:

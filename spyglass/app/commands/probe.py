@@ -94,9 +94,15 @@ class _Bar:
             self.bar.close()
 
 
-def nearest_share(probe: baselines.PairProbe, share: float = 0.05) -> list[str]:
-    """Rows where the target ranks within the nearest ``share`` of all words compared."""
-    cut = max(1, math.floor(share * (probe.baseline.n + 1)))
+def nearest_share(probe: baselines.PairProbe, share: float = 0.05) -> list[str] | None:
+    """Rows where the target ranks within the nearest ``share`` of all words compared.
+
+    None when there are too few controls for rank 1 to be within that share: with 5
+    controls, first place is the nearest sixth, and calling it "the nearest 5%" would lie.
+    """
+    cut = math.floor(share * (probe.baseline.n + 1))
+    if cut < 1:
+        return None
     return [r["layer"] for r in probe.rows() if r["rank"] <= cut]
 
 
@@ -123,7 +129,9 @@ def format_table(probe: baselines.PairProbe) -> str:
         f"{b.n + 1} words (1 = nearest).",
         f"Highest z: layer {probe.row_names[best]} (z {b.z[best]:.2f}, rank "
         f"{int(b.rank[best])}/{b.n + 1}).",
-        "Within the nearest 5% of words at: " + (", ".join(top) if top else "no layer") + ".",
+        (f"Too few controls ({b.n}) to speak of the nearest 5%: use --controls 19 or more."
+         if top is None else
+         "Within the nearest 5% of words at: " + (", ".join(top) if top else "no layer") + "."),
     ]
     return "\n".join(lines)
 

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from spyglass.hooks import ray_engine
-from spyglass.hooks.batch import batch_inputs, batches, pack_rows, stop_point
-from spyglass.hooks.capture import attached, forward
+from spyglass.hooks.batch import batch_inputs, batches, pack_rows
+from spyglass.hooks.capture import attached, forward, stop_forward, stop_point
 from spyglass.hooks.corpus import CorpusSpec
 from spyglass.hooks.store import Export, ExportConfig, prepare_export
 from spyglass.model import load_model
@@ -68,12 +68,6 @@ def sotu_parts(model, min_tokens: int, parts: int, folder: Path) -> list[Path]:
     return paths
 
 
-def _stop(name, act):
-    from transformer_lens.model_bridge.exceptions import StopAtLayerException
-
-    raise StopAtLayerException(act)
-
-
 def plain_pass(model, job, batch_size: int, every: int = 2) -> tuple[float, float, int]:
     """(full tok/s over all batches, stopped tok/s over sampled batches, sampled tokens)."""
     full_time = stopped_time = 0.0
@@ -93,7 +87,7 @@ def plain_pass(model, job, batch_size: int, every: int = 2) -> tuple[float, floa
             full_tokens += n
             if k % every == 0:
                 started = time.perf_counter()
-                with model.lock, attached(model, [point], _stop):
+                with model.lock, attached(model, [point], stop_forward):
                     forward(model, ids, [], **inputs)
                 stopped_time += time.perf_counter() - started
                 stopped_tokens += n

@@ -31,6 +31,13 @@ def test_visible_shows_whitespace_and_controls():
     assert state.visible(" the\n\tx\x00") == "␣the↵⇥x⟨00⟩"
 
 
+def test_visible_keeps_the_gaps_inside_split_character_bytes():
+    # ' ∈' cut mid-character: the leading space is a real space, the gap between hex pairs
+    # is not, and must not be drawn as one.
+    assert state.visible(" ⟨e2 88⟩") == "␣⟨e2 88⟩"
+    assert state.visible("⟨88⟩ x") == "⟨88⟩␣x"
+
+
 def test_tick_labels_are_unique_for_repeated_tokens_and_escaped():
     labels = ("the", " the", " <b>", " the")
     ticks = state.tick_labels(labels)

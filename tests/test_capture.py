@@ -189,3 +189,20 @@ def test_memory_estimate_is_exact_and_enforced(tiny_model_and_ref):
     with pytest.raises(MemoryLimitError, match="over the limit"):
         capture(model, TEXT, max_bytes=trace.nbytes - 1)
     assert capture(model, TEXT, max_bytes=trace.nbytes).nbytes == trace.nbytes
+
+
+def test_capture_stops_after_the_last_layer_asked_for(tiny_llama):
+    full = capture(tiny_llama, TEXT)
+    later = tiny_llama.bridge.hook_dict["blocks.1.hook_resid_post"]
+    calls = []
+    handle = later.add_hook(lambda act, hook: calls.append(1))
+    try:
+        part = capture(tiny_llama, TEXT, CaptureSpec(kinds=("resid_post", "pattern"),
+                                                     layers=(0,)))
+    finally:
+        handle.hook.remove()
+        later.fwd_hooks = [h for h in later.fwd_hooks if h is not handle]
+    assert calls == []  # block 1 never ran
+    for name in part.names:
+        np.testing.assert_array_equal(part[name], full[name])
+    assert "logits" not in part.names

@@ -401,3 +401,12 @@ def test_corpus_errors_name_the_command_line_flag_too(tmp_path):
     pq.write_table(pa.table({"body": ["hello"]}), tmp_path / "c.parquet")
     with pytest.raises(ValueError, match=r"no column \['text'\].*--text-field"):
         list(read_documents(CorpusSpec(tmp_path / "c.parquet")))
+
+
+def test_changed_corpus_is_named_as_such(tmp_path, tiny_gpt2):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one document\nanother one\n", encoding="utf-8")
+    export(tiny_gpt2, CorpusSpec(corpus), tmp_path / "out", config())
+    corpus.write_text("one document\nanother one, edited\n", encoding="utf-8")
+    with pytest.raises(ExportMismatchError, match="corpus file changed since the export"):
+        prepare_export(tiny_gpt2, CorpusSpec(corpus), tmp_path / "out", config())

@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a person stops a long probe or capture: no traceback, the shell's code.
+        print(f"spyglass {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

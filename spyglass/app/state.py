@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -89,8 +90,18 @@ def esc(text: str) -> str:
     )
 
 
+# Bytes of a split character, as model.tokens writes them: ⟨e2 80⟩. Their inner spaces
+# separate hex pairs; shown as ␣ they would read as a space byte in the token.
+_HEX_GROUP = re.compile(r"(⟨[0-9a-f]{2}(?: [0-9a-f]{2})*⟩)")
+
+
 def visible(label: str) -> str:
     """A token label with its whitespace and control characters shown as symbols."""
+    return "".join(part if _HEX_GROUP.fullmatch(part) else _visible_chars(part)
+                   for part in _HEX_GROUP.split(label))
+
+
+def _visible_chars(label: str) -> str:
     out = []
     for ch in label:
         if ch in _VISIBLE:

@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from spyglass.hooks.capture import attached, forward
+from spyglass.hooks.capture import attached, forward, stop_forward, stop_point
 from spyglass.hooks.corpus import DocTokens
-from spyglass.hooks.spec import layer_of
 from spyglass.model.loader import Model
 
 LAYOUTS = ("pack", "truncate")
@@ -135,27 +134,6 @@ def batch_inputs(rows: Sequence[Row], pad_id: int = 0) -> dict[str, Any]:
     return {"ids": ids, "attention_mask": mask[:, None], "position_ids": positions}
 
 
-def stop_point(model: Model, names: Sequence[str]) -> str | None:
-    """The hook point where nothing asked for is left to compute (``None``: run to the end).
-
-    That is the input of the block after the last layer named, or of the final norm, so a
-    forward over resid_post of every layer still skips the unembedding, which costs a
-    d_model x d_vocab product per token.
-    """
-    if "logits" in names:
-        return None
-    last = max((x for x in (layer_of(n) for n in names) if x is not None), default=-1)
-    point = f"blocks.{last + 1}.hook_in" if last + 1 < model.n_layers else "ln_final.hook_in"
-    return point if point in model.bridge.hook_dict else None
-
-
-def _stop(name: str, act: Any) -> None:
-    from transformer_lens.model_bridge.exceptions import StopAtLayerException
-
-    # The bridge catches this exception and returns its tensor instead of logits.
-    raise StopAtLayerException(act)
-
-
 def run_batch(model: Model, rows: Sequence[Row], names: Sequence[str]) -> dict[str, Any]:
     """Run one batch; return ``{name: tensor (tokens, ...)}`` over its real tokens in order.
 
@@ -167,7 +145,7 @@ def run_batch(model: Model, rows: Sequence[Row], names: Sequence[str]) -> dict[s
     ids = inputs.pop("ids")
     hooked = [n for n in names if n != "logits"]
     stop = stop_point(model, names)
-    with model.lock, (attached(model, [stop], _stop) if stop else nullcontext()):
+    with model.lock, (attached(model, [stop], stop_forward) if stop else nullcontext()):
         logits, kept = forward(model, ids, hooked, **inputs)
     if "logits" in names:
         kept["logits"] = logits

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from spyglass.hooks.spec import CaptureSpec, shape_of
+from spyglass.hooks.spec import CaptureSpec, layer_of, shape_of
 from spyglass.hooks.trace import Trace
 from spyglass.model.loader import Model, versions
 from spyglass.model.tokens import Tokens
@@ -107,6 +107,27 @@ def forward(model: Model, ids: Any, names: list[str], attention_mask: Any = None
     return logits, kept
 
 
+def stop_point(model: Model, names: Sequence[str]) -> str | None:
+    """The hook point where nothing asked for is left to compute (``None``: run to the end).
+
+    That is the input of the block after the last layer named, or of the final norm, so a
+    forward over resid_post of every layer still skips the unembedding, which costs a
+    d_model x d_vocab product per token.
+    """
+    if "logits" in names:
+        return None
+    last = max((x for x in (layer_of(n) for n in names) if x is not None), default=-1)
+    point = f"blocks.{last + 1}.hook_in" if last + 1 < model.n_layers else "ln_final.hook_in"
+    return point if point in model.bridge.hook_dict else None
+
+
+def stop_forward(name: str, act: Any) -> None:
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    # The bridge catches this exception and returns its tensor instead of logits.
+    raise StopAtLayerException(act)
+
+
 def provenance(model: Model, tokens: Tokens, names: list[str],
                shapes: dict[str, list[int]]) -> dict[str, Any]:
     return {
@@ -161,6 +182,12 @@ def capture(
         text, prepend_bos=prepend_bos, truncate=truncate, special=special
     )
     names = spec.hook_names(model)
+    if not names:
+        raise ValueError(
+            f"Nothing to keep: {model.name} has no hook point of kinds {list(spec.kinds)}"
+            f"{f' or patterns {list(spec.patterns)}' if spec.patterns else ''} (rotary models "
+            "such as Llama have no positional embedding, pos_embed). Ask for other kinds."
+        )
     if max_bytes is not None:
         need = estimate_bytes(model, spec, len(tokens))
         if need > max_bytes:
@@ -174,7 +201,10 @@ def capture(
     started = time.perf_counter()
     ids = torch.tensor([tokens.ids], dtype=torch.long)
     hooked = [n for n in names if n != "logits"]
-    logits, kept = forward(model, ids, hooked)
+    # Layers after the last one asked for (and the unembedding, without logits) are skipped.
+    stop = stop_point(model, names)
+    with model.lock, (attached(model, [stop], stop_forward) if stop else nullcontext()):
+        logits, kept = forward(model, ids, hooked)
     if "logits" in names:
         kept["logits"] = logits
 

@@ -762,6 +762,16 @@ def _check_folder(folder: Path, identity: dict[str, Any]) -> Manifest | None:
             )
         return None
     diffs = identity_diffs(existing.data["identity"], identity)
+    old_corpus = existing.data["identity"].get("corpus", {})
+    if old_corpus.get("sha256") != identity["corpus"]["sha256"]:
+        # Same arguments cannot help here: the file's content is not what was exported.
+        raise ExportMismatchError(
+            f"The corpus file changed since the export in {folder} began (its SHA-256 and "
+            f"size were {old_corpus.get('sha256', '?')[:12]}…, {old_corpus.get('bytes', '?')} "
+            f"bytes; now {identity['corpus']['sha256'][:12]}…, {identity['corpus']['bytes']} "
+            "bytes), so its document ids may no longer match. Restore the original file to "
+            "resume, or export the new one into a new --out folder."
+        )
     if diffs:
         raise ExportMismatchError(
             f"{folder} holds an export made with other arguments — " + "; ".join(diffs)

@@ -140,7 +140,13 @@ class Trace:
             from safetensors.numpy import save_file
 
             with replacing(path) as tmp:
-                save_file(arrays, str(tmp), metadata=meta)
+                try:
+                    save_file(arrays, str(tmp), metadata=meta)
+                except Exception as exc:
+                    # safetensors reports I/O failures (a full disk) as its own error type.
+                    if type(exc).__name__ != "SafetensorError":
+                        raise
+                    raise OSError(f"safetensors could not write {path}: {exc}") from exc
         else:
             if NPZ_META in arrays:
                 raise ValueError(f"An array may not be named {NPZ_META!r}.")

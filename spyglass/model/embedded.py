@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from spyglass.model.paths import file_sha256, spyglass_home
+from spyglass.model.paths import file_sha256, spyglass_home, usual_permissions
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def prepare(force: bool = False) -> Path:
             "prepared_seconds": round(time.perf_counter() - started, 1),
         }
         (tmp / MARKER).write_text(json.dumps(record, indent=2))
+        usual_permissions(tmp)  # mkdtemp made it 0700: a shared SPYGLASS_HOME must be readable
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)

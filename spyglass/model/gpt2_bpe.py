@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from spyglass.model.paths import spyglass_home
+from spyglass.model.paths import spyglass_home, usual_permissions
 from spyglass.model.tokens import Tokens, char_spans, check_text, label_for
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ def hf_tokenizer() -> Any:
         tok = GPT2TokenizerFast(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges if m])
         tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".hf-"))
         tok.save_pretrained(tmp)
+        usual_permissions(tmp)
         if saved.exists():
             shutil.rmtree(saved)
         tmp.rename(saved)

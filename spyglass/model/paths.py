@@ -31,6 +31,34 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not atomic; a fallback only)
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(path: Path) -> None:
+    """Give ``path`` (and, for a folder, all within) the modes a plain ``open`` or ``mkdir``
+    would, under the umask: temp files from ``mkstemp``/``mkdtemp`` and safetensors' own
+    writer are private (0600/0700), which would hide a shared cache or results folder."""
+    mask = _umask()
+    path = Path(path)
+    if path.is_dir():
+        for root, _dirs, files in os.walk(path):
+            os.chmod(root, 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename inside ``folder`` durable (the folder's entry list is data too)."""
     fd = os.open(folder, os.O_RDONLY)
@@ -45,8 +73,8 @@ def replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success fsync and rename it over.
 
     After a crash, ``path`` is absent, its old version, or complete; never partial. If the
-    block raises, the temporary file is removed and ``path`` is untouched. The file is
-    created with ``open``, so it gets the usual permissions under the process's umask.
+    block raises, the temporary file is removed and ``path`` is untouched. The file gets
+    the usual permissions under the process's umask, whatever wrote it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +82,7 @@ def replacing(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         yield tmp
+        usual_permissions(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

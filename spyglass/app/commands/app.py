@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import socket
 import sys
 from pathlib import Path
 
@@ -36,10 +36,29 @@ def command(port: int, address: str) -> list[str]:
     ]
 
 
+def port_free(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.model:
         env["SPYGLASS_MODEL"] = args.model
+    if not port_free(args.address, args.port):
+        print(f"spyglass app: {args.address}:{args.port} is already in use (another app "
+              "running?). Stop it, or pick another port with --port.", file=sys.stderr)
+        return 1
     print(f"Spyglass: http://{'localhost' if args.address == '127.0.0.1' else args.address}"
           f":{args.port}  (Ctrl-C stops it)", flush=True)
-    return subprocess.call(command(args.port, args.address), env=env)
+    # Become the server rather than wait on it: a `kill` of this process then stops Streamlit
+    # itself, instead of leaving it running and holding the port.
+    argv = command(args.port, args.address)
+    os.execve(argv[0], argv, env)
+    return 0  # not reached

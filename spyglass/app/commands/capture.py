@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truncate", action="store_true", help="keep the first n_ctx tokens")
     p.add_argument("--special", choices=("text", "special"), default="text",
                    help="whether special-token strings in the text become special tokens")
-    p.add_argument("--max-mib", type=float, help="refuse captures estimated above this size")
+    p.add_argument("--max-mib", type=float,
+                   help="refuse captures estimated above this size (default: half the memory "
+                   "available when the command starts)")
     p.add_argument("--top", type=int, default=10, help="next-token candidates to show")
     p.add_argument("--show", type=int, default=SHOW_TOKENS, metavar="N",
                    help=f"token labels to print before eliding the rest (default {SHOW_TOKENS}; "
@@ -55,6 +57,15 @@ def token_line(labels: list[str], show: int) -> str:
             + " | ".join(map(repr, tail)))
 
 
+def default_limit() -> int:
+    """Half the memory available now: a capture of a long text can need hundreds of GiB
+    (every layer's attention scores grow with the square of its length), and being refused
+    beats being killed by the kernel."""
+    import psutil
+
+    return psutil.virtual_memory().available // 2
+
+
 def top_next(model, logits: np.ndarray, k: int) -> list[dict]:
     shifted = logits - logits.max()
     probs = np.exp(shifted) / np.exp(shifted).sum()
@@ -74,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"spyglass capture: {exc}", file=sys.stderr)
         return 1
+    if args.hooks and (args.layers or args.kinds != list(ALL_KINDS)):
+        print("spyglass capture: give either --hooks or --kinds/--layers, not both: --hooks "
+              "names exactly what to keep.", file=sys.stderr)
+        return 2
     spec = (CaptureSpec.from_patterns(args.hooks) if args.hooks
             else CaptureSpec(kinds=tuple(args.kinds), layers=args.layers))
     try:
@@ -81,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         tokens = model.tokenize(text, prepend_bos=args.bos, truncate=args.truncate,
                                 special=args.special)
         need = estimate_bytes(model, spec, len(tokens))
-        limit = None if args.max_mib is None else int(args.max_mib * 2**20)
+        limit = default_limit() if args.max_mib is None else int(args.max_mib * 2**20)
         trace = capture(model, tokens, spec, max_bytes=limit)
     except (ModelLoadError, MemoryLimitError, ValueError) as exc:
         print(f"spyglass capture: {exc}", file=sys.stderr)
@@ -90,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         path = trace.save(args.out) if args.out else None
     except OSError as exc:
         print(f"spyglass capture: could not write {args.out}: {exc.strerror or exc}. Nothing "
-              "was written; choose a folder you can write to.", file=sys.stderr)
+              "was written there; free some space or choose another path.", file=sys.stderr)
         return 1
     summary = {
         "model": model.name,

@@ -69,11 +69,15 @@ def _patterns(raw: list[str]) -> tuple[str, ...]:
     return tuple(p.strip() for item in raw for p in item.split(",") if p.strip())
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C but reported with its own exit code (143)."""
+
+
 @contextmanager
 def _term_as_interrupt() -> Any:
     """Let ``kill`` (SIGTERM) stop an export the way Ctrl-C does: cleanly, resumable."""
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise _Terminated
 
     before = signal.signal(signal.SIGTERM, handler)
     try:
@@ -132,12 +136,14 @@ def run(args: argparse.Namespace) -> int:
             with _term_as_interrupt():
                 job.run(progress=not args.no_progress, engine=args.engine,
                         address=args.address, workers=args.workers)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         done = Manifest.read(folder) if folder.is_dir() else None
         n = len(done.data["shards"]) if done else 0
-        _err(f"interrupted; {n} complete shards are kept in {folder}. Run the same command "
-             "again to resume.")
-        return 130
+        how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        _err(f"{how}; {n} complete shard{'s' if n != 1 else ''} kept in {folder}. Run the "
+             "same command again to resume.")
+        # 128 + the signal's number, as a shell reports it, so a scheduler can tell them apart.
+        return 143 if isinstance(exc, _Terminated) else 130
     except (ExportError, ModelLoadError, ValueError, FileNotFoundError) as exc:
         _err(str(exc))
         return 2

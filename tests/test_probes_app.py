@@ -60,3 +60,24 @@ def test_concepts_page_with_an_emptied_set_says_what_to_type():
     assert not at.exception
     warnings = [w.value for w in at.warning]
     assert any("Set A has 0 texts; give at least 5, one per line" in w for w in warnings)
+
+
+def test_concepts_page_follows_the_bos_toggle_and_warns_about_the_sink():
+    def run(bos: str) -> AppTest:
+        at = AppTest.from_file(page("7_Concepts.py"), default_timeout=120)
+        at.query_params.update({"model": "random:llama", "text": "SpongeBob swam underwater",
+                                "concept": "SpongeBob", "target": "underwater",
+                                "read_in": "your text", "controls": "20", "layer": "1",
+                                "bos": bos})
+        at.run()
+        assert not at.exception
+        return at
+
+    without, with_bos = run("0"), run("1")
+    # Without BOS the concept is position 0 of the text: the page says what that means.
+    assert any("attention sink" in w.value for w in without.warning)
+    assert not any("attention sink" in w.value for w in with_bos.warning)
+    # And the probe really read the text both ways: the concept's curve differs.
+    a = chart(without, "similarity")["data"][3]["y"]
+    b = chart(with_bos, "similarity")["data"][3]["y"]
+    assert a != b

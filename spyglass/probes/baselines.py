@@ -305,13 +305,15 @@ def probe_pair(model: Model, concept: str, target: str, *, n_controls: int = 200
                templates: Sequence[str] | None = None,
                concept_contexts: Sequence[str] | None = None, pool: str = "mean",
                how: str = "centered", batch_tokens: int = concepts.BATCH_TOKENS,
-               progress: Progress | None = None) -> PairProbe:
+               progress: Progress | None = None,
+               prepend_bos: bool | None = None) -> PairProbe:
     """Measure concept-to-target nearness per layer and rank it among control words.
 
     Target and controls are read in the same ``templates`` (default
     :data:`~spyglass.probes.concepts.DEFAULT_TEMPLATES`), so they differ only in the word;
     the concept is read in ``concept_contexts`` when given (sentences containing it), else
     in the same templates. ``centered`` subtracts the controls' mean vector at each layer.
+    ``prepend_bos`` applies to every context read, the concept's and the controls' alike.
 
     Controls are read in the same templates as the target on purpose: averaging over fewer
     contexts would give them a wider spread and shrink every z-score. The cost is
@@ -326,12 +328,14 @@ def probe_pair(model: Model, concept: str, target: str, *, n_controls: int = 200
     words = [concept, target, *controls.words]
     if concept_contexts is None:
         reps = concepts.context_vectors_many(model, words, templates, pool,
-                                             batch_tokens=batch_tokens, progress=progress)
+                                             batch_tokens=batch_tokens, progress=progress,
+                                             prepend_bos=prepend_bos)
     else:
         reps = [concepts.context_vectors(model, concept, concept_contexts, pool,
-                                         batch_tokens=batch_tokens)]
+                                         batch_tokens=batch_tokens, prepend_bos=prepend_bos)]
         reps += concepts.context_vectors_many(model, words[1:], templates, pool,
-                                              batch_tokens=batch_tokens, progress=progress)
+                                              batch_tokens=batch_tokens, progress=progress,
+                                              prepend_bos=prepend_bos)
     means = np.stack([r.mean for r in reps])  # (word, layer, d_model)
     center = means[2:].mean(axis=0)  # (layer, d_model)
     in_context = measure(means[0][None], means[1:], how, center)  # (word - 1, layer)

@@ -270,15 +270,19 @@ def context_vectors_many(model: Model, words: Sequence[str],
                          contexts: Sequence[str] | None = None, pool: str = "mean",
                          layers: Sequence[int] | None = None, *,
                          batch_tokens: int = BATCH_TOKENS,
-                         progress: Progress | None = None) -> list[ContextVectors]:
-    """:func:`context_vectors` for many words at once, batching all their forward passes."""
+                         progress: Progress | None = None,
+                         prepend_bos: bool | None = None) -> list[ContextVectors]:
+    """:func:`context_vectors` for many words at once, batching all their forward passes.
+
+    ``prepend_bos`` is passed to the tokenizer for every context (None: the model's default).
+    """
     _check_pool(pool)
     chosen = _layers(model, layers)
     texts, wanted, owners, occs = [], [], [], []
     for w, word in enumerate(words):
         word = word.strip()
         for context in fill_contexts(word, contexts):
-            tokens = model.tokenize(context)
+            tokens = model.tokenize(context, prepend_bos=prepend_bos)
             found = find_occurrences(tokens, word)
             if not found:
                 raise ValueError(
@@ -311,7 +315,8 @@ def context_vectors_many(model: Model, words: Sequence[str],
 def context_vectors(model: Model, word: str, contexts: Sequence[str] | None = None,
                     pool: str = "mean", layers: Sequence[int] | None = None, *,
                     batch_tokens: int = BATCH_TOKENS,
-                    progress: Progress | None = None) -> ContextVectors:
+                    progress: Progress | None = None,
+                    prepend_bos: bool | None = None) -> ContextVectors:
     """A word's residual stream after every block at its tokens, in each context.
 
     ``contexts`` are the caller's sentences containing the word (every whole-word,
@@ -320,7 +325,8 @@ def context_vectors(model: Model, word: str, contexts: Sequence[str] | None = No
     the result's ``occurrences`` and :meth:`ContextVectors.describe` say which tokens.
     """
     return context_vectors_many(model, [word], contexts, pool, layers,
-                                batch_tokens=batch_tokens, progress=progress)[0]
+                                batch_tokens=batch_tokens, progress=progress,
+                                prepend_bos=prepend_bos)[0]
 
 
 def similarity(a: np.ndarray, b: np.ndarray, center: np.ndarray | None = None,

@@ -38,10 +38,10 @@ if not concept or not target:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _probe(model_key: tuple, concept: str, target: str, n: int, pool: str, how: str,
-           contexts: tuple[str, ...] | None, _model: Model) -> baselines.PairProbe:
+           contexts: tuple[str, ...] | None, bos: bool, _model: Model) -> baselines.PairProbe:
     # Keyed by the model's name and identity: the Model object itself cannot be hashed.
     return baselines.probe_pair(_model, concept, target, n_controls=n, pool=pool, how=how,
-                                concept_contexts=contexts)
+                                concept_contexts=contexts, prepend_bos=bos)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -54,10 +54,18 @@ contexts = (ctx.text,) if read_in == "your text" else None
 try:
     with st.spinner(f"Reading {concept}, {target} and {n_controls} controls at every layer …"):
         probe = _probe((model.name, id(model)), concept, target, n_controls, pool, how,
-                       contexts, model)
+                       contexts, ctx.bos, model)
 except ValueError as exc:
     st.error(state.md(str(exc)))
     st.stop()
+
+if read_in == "your text" and not ctx.bos:
+    own = model.tokenize(ctx.text, prepend_bos=False)
+    if any(o.positions[0] == 0 for o in concepts.find_occurrences(own, concept)):
+        st.warning(state.md(
+            f"{concept} is the first token of your text and there is no BOS token: its "
+            "residual there is the model's attention sink, not a typical reading. Turn on "
+            "'Prepend BOS token' or start the text with other words."))
 
 st.caption(state.md(f"Concept: {probe.concept_note}. Target: {probe.target_note}. "
                     f"{probe.controls.describe()}. Measure: {probe.measure_note}."))

@@ -232,7 +232,17 @@ def test_refuses_to_start_without_disk_room(tmp_path, corpus_txt, tiny_gpt2, mon
     job = prepare_export(tiny_gpt2, CorpusSpec(corpus_txt), tmp_path / "out", config())
     with pytest.raises(DiskSpaceError, match=r"only 4\.9 KiB is free"):
         job.run()
-    assert list((tmp_path / "out").glob("shard-*")) == []
+    assert not (tmp_path / "out").exists()  # refused before anything was created
+
+    # The command refuses before its timed estimate batch, which would cost seconds.
+    def no_forward(*args, **kwargs):
+        raise AssertionError("ran the timed batch of an export that cannot start")
+
+    monkeypatch.setattr(store.ExportJob, "_calibrate", no_forward)
+    code = cli.main(["export", str(corpus_txt), "--model", "random:gpt2", "--hooks",
+                     "blocks.0.hook_resid_post", "--out", str(tmp_path / "cli"),
+                     "--no-progress"])
+    assert code == 2 and not (tmp_path / "cli").exists()
 
 
 def test_full_disk_mid_export_then_resume(tmp_path, corpus_txt, done, tiny_gpt2, monkeypatch):
@@ -410,3 +420,12 @@ def test_changed_corpus_is_named_as_such(tmp_path, tiny_gpt2):
     corpus.write_text("one document\nanother one, edited\n", encoding="utf-8")
     with pytest.raises(ExportMismatchError, match="corpus file changed since the export"):
         prepare_export(tiny_gpt2, CorpusSpec(corpus), tmp_path / "out", config())
+
+
+def test_text_file_read_as_parquet_names_the_file(tmp_path):
+    from spyglass.hooks.corpus import read_documents
+
+    path = tmp_path / "notes.txt"
+    path.write_text("plain text\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"notes\.txt could not be read as Parquet.*--format"):
+        list(read_documents(CorpusSpec(path, fmt="parquet")))

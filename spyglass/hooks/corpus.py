@@ -180,9 +180,16 @@ def _field_name(spec: CorpusSpec, record: dict) -> str | None:
 
 
 def _read_parquet(spec: CorpusSpec) -> Iterator[Document]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(spec.path)
+    try:
+        table = pq.ParquetFile(spec.path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(
+            f"{spec.path} could not be read as Parquet ({exc}). If it is text or JSON lines, "
+            "give that format (fmt=...; --format on the command line) or name it .txt/.jsonl."
+        ) from exc
     columns = [spec.text_field] + ([spec.id_field] if spec.id_field else [])
     missing = [c for c in columns if c not in table.schema_arrow.names]
     if missing:

@@ -457,10 +457,12 @@ class ExportJob:
         """Write every pending shard, then the neuron index; return the final manifest."""
         if engine not in ("local", "ray"):
             raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}.")
+        if not self.folder.exists():
+            self.check_disk()  # refuse before creating anything, so no empty folder is left
         self.folder.mkdir(parents=True, exist_ok=True)
         with _folder_lock(self.folder):
             manifest = self._open_manifest()
-            self.check_disk()
+            self.check_disk()  # again, now that strays of a killed run are cleaned away
             run = {"engine": engine, "started": now_iso(), "batch_size": self.spec.batch_size,
                    "pending_shards": len(self.pending)}
             manifest.data["runs"].append(run)

@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         if job.complete:
             _err(f"{folder} already holds this export, complete; nothing to do.")
         else:
+            if not args.dry_run:
+                job.check_disk()  # before the timed batch: a refusal should be immediate
             estimate = job.estimate(calibrate=True)
             _err(estimate.describe())
             if args.dry_run:
@@ -157,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
     else:
         print(f"Exported {info['documents']:,} documents ({info['tokens']:,} tokens, "
-              f"{info['rows']:,} rows) into {info['shards']} shards, "
+              f"{info['rows']:,} rows) into {info['shards']} shard"
+              f"{'s' if info['shards'] != 1 else ''}, "
               f"{info['bytes'] / 2**20:,.1f} MiB, in {folder}")
         if info["neuron_index"]:
             print(f"Neuron index: {folder / info['neuron_index']} "

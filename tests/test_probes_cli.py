@@ -58,3 +58,14 @@ def test_too_few_controls_for_a_nearest_five_percent_claim(capsys):
     assert main(["probe", "Paris", "France", "--model", "random:gpt2", "--controls", "5",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["nearest_5_percent"] is None
+
+
+def test_bos_option_changes_what_is_read(capsys):
+    args = ["probe", "Paris", "France", "--model", "random:gpt2", "--controls", "20",
+            "--context", "Paris is big.", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*args, "--bos"]) == 0
+    with_bos = json.loads(capsys.readouterr().out)
+    # The concept leads its sentence: with BOS it is read off the sink, so its values move.
+    assert [r["value"] for r in plain["rows"]] != [r["value"] for r in with_bos["rows"]]

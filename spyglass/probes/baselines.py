@@ -374,14 +374,16 @@ class SetTest:
 def set_test(model: Model, concept: str, set_a: Sequence[str], set_b: Sequence[str], *,
              templates: Sequence[str] | None = None, pool: str = "mean",
              how: str = "centered", n_perm: int = 10_000, seed: int = 0,
-             alternative: str = "greater", progress: Progress | None = None) -> SetTest:
+             alternative: str = "greater", progress: Progress | None = None,
+             prepend_bos: bool | None = None) -> SetTest:
     """Permutation test of set A against set B in nearness to ``concept`` at each layer.
 
     ``centered`` subtracts the mean of all words of both sets: the same for every
     relabelling, so it does not bias the test.
     """
     words = [concept, *set_a, *set_b]
-    reps = concepts.context_vectors_many(model, words, templates, pool, progress=progress)
+    reps = concepts.context_vectors_many(model, words, templates, pool, progress=progress,
+                                         prepend_bos=prepend_bos)
     means = np.stack([r.mean for r in reps])  # (word, layer, d_model)
     values = measure(means[0][None], means[1:], how, means[1:].mean(axis=0))
     nearness = -values if how == "euclidean" else values

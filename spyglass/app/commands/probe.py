@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neighbours", type=int, default=0, metavar="K",
                    help="also list the K nearest tokens of CONCEPT's embedding and its K "
                         "nearest words among TARGET and controls at the best layer")
+    p.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="prepend the BOS token to every context read, --sets included (default: "
+                        "as the model's tokenizer does); without it a word at the start of a "
+                        "--context sentence sits on the attention sink")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -176,14 +180,15 @@ def run(args: argparse.Namespace) -> int:
         probe = baselines.probe_pair(
             model, args.concept, args.target, n_controls=args.controls, templates=templates,
             concept_contexts=args.context, pool=args.pool, how=args.measure,
-            progress=_Bar("probe"),
+            progress=_Bar("probe"), prepend_bos=args.bos,
         )
         sets = None
         if args.sets:
             set_a, set_b = ([w.strip() for w in s.split(",") if w.strip()] for s in args.sets)
             sets = baselines.set_test(model, args.concept, set_a, set_b, templates=templates,
                                       pool=args.pool, how=args.measure,
-                                      n_perm=args.permutations, progress=_Bar("sets"))
+                                      n_perm=args.permutations, progress=_Bar("sets"),
+                                      prepend_bos=args.bos)
         near = _neighbours(model, probe, args.neighbours) if args.neighbours > 0 else None
     except (ModelLoadError, ValueError) as exc:
         print(f"spyglass probe: {exc}", file=sys.stderr)

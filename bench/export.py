@@ -42,7 +42,7 @@ import torch
 
 from spyglass.hooks import ray_engine
 from spyglass.hooks.batch import batch_inputs, batches, pack_rows
-from spyglass.hooks.capture import attached, forward, stop_forward, stop_point
+from spyglass.hooks.capture import forward, stop_point
 from spyglass.hooks.corpus import CorpusSpec
 from spyglass.hooks.store import Export, ExportConfig, prepare_export
 from spyglass.model import load_model
@@ -87,8 +87,7 @@ def plain_pass(model, job, batch_size: int, every: int = 2) -> tuple[float, floa
             full_tokens += n
             if k % every == 0:
                 started = time.perf_counter()
-                with model.lock, attached(model, [point], stop_forward):
-                    forward(model, ids, [], **inputs)
+                forward(model, ids, [], stop_at=point, **inputs)
                 stopped_time += time.perf_counter() - started
                 stopped_tokens += n
             k += 1

@@ -23,13 +23,12 @@ files is :mod:`spyglass.hooks.store`'s job.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from spyglass.hooks.capture import attached, forward, stop_forward, stop_point
+from spyglass.hooks.capture import forward, stop_point
 from spyglass.hooks.corpus import DocTokens
 from spyglass.model.loader import Model
 
@@ -144,9 +143,7 @@ def run_batch(model: Model, rows: Sequence[Row], names: Sequence[str]) -> dict[s
     inputs = batch_inputs(rows)
     ids = inputs.pop("ids")
     hooked = [n for n in names if n != "logits"]
-    stop = stop_point(model, names)
-    with model.lock, (attached(model, [stop], stop_forward) if stop else nullcontext()):
-        logits, kept = forward(model, ids, hooked, **inputs)
+    logits, kept = forward(model, ids, hooked, stop_at=stop_point(model, names), **inputs)
     if "logits" in names:
         kept["logits"] = logits
 

@@ -71,12 +71,14 @@ def attached(model: Model, names: list[str], keep: Callable[[str, Any], None]) -
             point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
 
 
-def forward(model: Model, ids: Any, names: list[str], attention_mask: Any = None,
-            **bridge_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+def forward(model: Model, ids: Any, names: list[str], attention_mask: Any = None, *,
+            stop_at: str | None = None, **bridge_kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """One eval-mode, gradient-free forward with keeping hooks; returns (logits, kept).
 
     Kept tensors still have their batch dimension. The model's training flag is restored.
-    ``bridge_kwargs`` (e.g. ``position_ids``, ``stop_at_layer``) go to the bridge as given.
+    ``stop_at`` names a hook point (see :func:`stop_point`) where the forward ends; the
+    first value is then that point's activation, not logits. ``bridge_kwargs`` (e.g.
+    ``position_ids``) go to the bridge as given.
     """
     import torch
 
@@ -96,7 +98,8 @@ def forward(model: Model, ids: Any, names: list[str], attention_mask: Any = None
         try:
             for mod in training:
                 mod.training = False
-            with attached(model, names, keep), torch.inference_mode():
+            stopping = attached(model, [stop_at], _stop) if stop_at else nullcontext()
+            with stopping, attached(model, names, keep), torch.inference_mode():
                 if attention_mask is None:
                     logits = bridge(ids, **bridge_kwargs)
                 else:
@@ -121,7 +124,7 @@ def stop_point(model: Model, names: Sequence[str]) -> str | None:
     return point if point in model.bridge.hook_dict else None
 
 
-def stop_forward(name: str, act: Any) -> None:
+def _stop(name: str, act: Any) -> None:
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
     # The bridge catches this exception and returns its tensor instead of logits.
@@ -202,9 +205,7 @@ def capture(
     ids = torch.tensor([tokens.ids], dtype=torch.long)
     hooked = [n for n in names if n != "logits"]
     # Layers after the last one asked for (and the unembedding, without logits) are skipped.
-    stop = stop_point(model, names)
-    with model.lock, (attached(model, [stop], stop_forward) if stop else nullcontext()):
-        logits, kept = forward(model, ids, hooked)
+    logits, kept = forward(model, ids, hooked, stop_at=stop_point(model, names))
     if "logits" in names:
         kept["logits"] = logits
 

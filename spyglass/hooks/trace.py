@@ -137,15 +137,14 @@ class Trace:
         arrays = {n: np.ascontiguousarray(a) for n, a in self.arrays.items()}
         meta = self._metadata()
         if fmt == "safetensors":
+            from safetensors import SafetensorError
             from safetensors.numpy import save_file
 
             with replacing(path) as tmp:
                 try:
                     save_file(arrays, str(tmp), metadata=meta)
-                except Exception as exc:
+                except SafetensorError as exc:
                     # safetensors reports I/O failures (a full disk) as its own error type.
-                    if type(exc).__name__ != "SafetensorError":
-                        raise
                     raise OSError(f"safetensors could not write {path}: {exc}") from exc
         else:
             if NPZ_META in arrays:

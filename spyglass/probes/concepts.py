@@ -186,7 +186,8 @@ class ContextVectors:
     """A word's pooled residual stream after each block, in each of its occurrences.
 
     ``vectors`` is ``[occurrence, layer, d_model]``; ``layers[i]`` is the block whose
-    ``resid_post`` row i holds. ``occurrences`` says which tokens were pooled in each.
+    ``resid_post`` row i holds. ``occurrences`` says which tokens were pooled in each;
+    ``at_sink`` counts those read at position 0 with no BOS token (the attention sink).
     """
 
     word: str
@@ -194,6 +195,7 @@ class ContextVectors:
     layers: tuple[int, ...]
     vectors: np.ndarray
     occurrences: tuple[Occurrence, ...]
+    at_sink: int = 0
 
     @property
     def mean(self) -> np.ndarray:
@@ -242,9 +244,11 @@ def residuals_at(model: Model, texts: Sequence[Tokens], wanted: Sequence[Sequenc
     """
     import torch
 
-    from spyglass.hooks.capture import forward
+    from spyglass.hooks.capture import forward, stop_point
 
     names = [f"blocks.{x}.hook_resid_post" for x in layers]
+    # Nothing past the last layer read is needed: skip later blocks and the unembedding.
+    stop = stop_point(model, names)
     pad = model.tokenizer.pad_token_id or model.tokenizer.eos_token_id or 0
     # Attention is causal, so tokens after the last wanted position cannot change it: cut them.
     lengths = [max(max(p) for p in w) + 1 for w in wanted]
@@ -255,7 +259,7 @@ def residuals_at(model: Model, texts: Sequence[Tokens], wanted: Sequence[Sequenc
         ids = torch.full((len(group), width), pad, dtype=torch.long)
         for row, i in enumerate(group):
             ids[row, : lengths[i]] = torch.tensor(texts[i].ids[: lengths[i]])
-        _, kept = forward(model, ids, names)
+        _, kept = forward(model, ids, names, stop_at=stop)
         stacked = torch.stack([kept[n] for n in names], dim=2).float().numpy()
         # stacked: (batch, pos, layer, d_model)
         for row, i in enumerate(group):
@@ -279,6 +283,7 @@ def context_vectors_many(model: Model, words: Sequence[str],
     _check_pool(pool)
     chosen = _layers(model, layers)
     texts, wanted, owners, occs = [], [], [], []
+    sink: list[int] = []  # per context: occurrences at position 0 with no BOS
     for w, word in enumerate(words):
         word = word.strip()
         for context in fill_contexts(word, contexts):
@@ -290,7 +295,8 @@ def context_vectors_many(model: Model, words: Sequence[str],
                     f"Contexts must contain the word as written (case-sensitive) or "
                     f"{PLACEHOLDER} where it goes."
                 )
-            if any(o.positions[0] == 0 and not tokens.bos for o in found):
+            sink.append(sum(o.positions[0] == 0 and not tokens.bos for o in found))
+            if sink[-1]:
                 log.warning("%r is the first token of %r with no BOS: its residual there is "
                             "the model's attention sink, not a typical representation.",
                             word, context)
@@ -308,6 +314,7 @@ def context_vectors_many(model: Model, words: Sequence[str],
             word=word.strip(), pool=pool, layers=chosen,
             vectors=np.concatenate([pooled[i] for i in mine]).astype(np.float32),
             occurrences=tuple(o for i in mine for o in occs[i]),
+            at_sink=sum(sink[i] for i in mine),
         ))
     return results
 

@@ -106,7 +106,7 @@ def induction_score(model: Model, half: int | None = None, n_seqs: int = 4, seed
     """
     import torch
 
-    from spyglass.hooks.capture import forward
+    from spyglass.hooks.capture import forward, stop_point
 
     bos = model.default_bos if prepend_bos is None else bool(prepend_bos)
     if half is None:
@@ -127,7 +127,8 @@ def induction_score(model: Model, half: int | None = None, n_seqs: int = 4, seed
     if bos:
         ids = np.concatenate([np.full((n_seqs, 1), model.tokenizer.bos_token_id), ids], axis=1)
     names = [f"blocks.{x}.attn.hook_pattern" for x in range(model.n_layers)]
-    _, kept = forward(model, torch.as_tensor(ids, dtype=torch.long), names)
+    _, kept = forward(model, torch.as_tensor(ids, dtype=torch.long), names,
+                      stop_at=stop_point(model, names))  # no unembedding needed
 
     offset = int(bos)
     q = np.arange(offset + half, n_pos)  # queries in the second copy

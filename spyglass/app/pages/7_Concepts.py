@@ -59,13 +59,11 @@ except ValueError as exc:
     st.error(state.md(str(exc)))
     st.stop()
 
-if read_in == "your text" and not ctx.bos:
-    own = model.tokenize(ctx.text, prepend_bos=False)
-    if any(o.positions[0] == 0 for o in concepts.find_occurrences(own, concept)):
-        st.warning(state.md(
-            f"{concept} is the first token of your text and there is no BOS token: its "
-            "residual there is the model's attention sink, not a typical reading. Turn on "
-            "'Prepend BOS token' or start the text with other words."))
+if read_in == "your text" and probe.concept_vectors.at_sink:
+    st.warning(state.md(
+        f"{concept} is the first token of your text and there is no BOS token: its "
+        "residual there is the model's attention sink, not a typical reading. Turn on "
+        "'Prepend BOS token' or start the text with other words."))
 
 st.caption(state.md(f"Concept: {probe.concept_note}. Target: {probe.target_note}. "
                     f"{probe.controls.describe()}. Measure: {probe.measure_note}."))
